@@ -1,0 +1,38 @@
+"""Fixed facts of the FLAME head model: its joints, its parameter sizes and its landmark tables.
+
+Landmark order used everywhere in this project (one place, tested): the 68 iBUG landmarks are the
+17 jaw-contour points (dynamic, chosen by head yaw) followed by the 51 static points. The 7 NoW
+landmarks are picked from the 51 static ones.
+"""
+from __future__ import annotations
+
+# Kinematic tree: FLAME's five joints and their parents (-1 marks the root).
+JOINT_NAMES: tuple[str, ...] = ("global", "neck", "jaw", "left_eye", "right_eye")
+PARENTS: tuple[int, ...] = (-1, 0, 1, 1, 1)
+NUM_JOINTS: int = 5
+ROOT, NECK, JAW, LEFT_EYE, RIGHT_EYE = range(NUM_JOINTS)
+
+# Full pose: 15 axis-angle values, 3 per joint in JOINT_NAMES order.
+FULL_POSE_DIM: int = 3 * NUM_JOINTS
+# RingNet regresses 6 of them: global rotation then jaw rotation; neck and eyes stay zero.
+RINGNET_POSE_DIM: int = 6
+# Pose-corrective features: (R - I) of every non-root joint, row-major 3x3 each.
+NUM_POSE_FEATURES: int = 9 * (NUM_JOINTS - 1)
+
+# Blend-shape columns in FLAME's `shapedirs` [V, 3, 400]: identity first, then expression.
+NUM_SHAPE_TOTAL: int = 300
+NUM_EXPRESSION_TOTAL: int = 100
+
+# Landmarks.
+NUM_STATIC_LANDMARKS: int = 51
+NUM_CONTOUR_LANDMARKS: int = 17
+NUM_LANDMARKS: int = NUM_CONTOUR_LANDMARKS + NUM_STATIC_LANDMARKS  # 68, iBUG order
+# Contour table: one row of 17 barycentric points per whole degree of head yaw.
+CONTOUR_MAX_YAW_DEG: int = 39  # |yaw| is clamped to this
+CONTOUR_NUM_ROWS: int = 2 * CONTOUR_MAX_YAW_DEG + 1  # 79
+CONTOUR_LAST_ROW: int = CONTOUR_NUM_ROWS - 1  # 78: row for yaws past -39 degrees
+
+# NoW's 7 landmarks as indices into the 51 static ones: outer right eye, inner right eye,
+# inner left eye, outer left eye, nose bottom, right mouth corner, left mouth corner.
+NOW_LANDMARKS_IN_STATIC: tuple[int, ...] = (19, 22, 25, 28, 16, 31, 37)
+NUM_NOW_LANDMARKS: int = 7
