@@ -10,13 +10,13 @@ import dataclasses
 import hashlib
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse
 
 from flame import constants as C
+from flame.fileutil import atomic_write
 
 # File names of FLAME's official releases, as written by `save_flame_files`.
 MODEL_FILENAME = "generic_model.pkl"
@@ -96,19 +96,6 @@ class FlameModel:
         return h.hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Writes through a temporary file in the same folder, then renames: no half-written files."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_flame_files(model: FlameModel, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Writes `model` in exactly FLAME's file formats, readable by any FLAME consumer (smplx too).
 
@@ -154,7 +141,7 @@ def save_flame_files(model: FlameModel, out_dir: str | os.PathLike) -> dict[str,
         "static": out / STATIC_EMBEDDING_FILENAME,
         "dynamic": out / DYNAMIC_EMBEDDING_FILENAME,
     }
-    _atomic_write(paths["model"], lambda f: pickle.dump(model_dict, f, protocol=2))
-    _atomic_write(paths["static"], lambda f: pickle.dump(static, f, protocol=2))
-    _atomic_write(paths["dynamic"], lambda f: np.save(f, dynamic, allow_pickle=True))
+    atomic_write(paths["model"], lambda f: pickle.dump(model_dict, f, protocol=2))
+    atomic_write(paths["static"], lambda f: pickle.dump(static, f, protocol=2))
+    atomic_write(paths["dynamic"], lambda f: np.save(f, dynamic, allow_pickle=True))
     return paths

@@ -1,0 +1,193 @@
+"""FLAME's forward maths as pure TensorFlow functions (no state; `flame.layer` holds the arrays).
+
+Letters in shapes: B batch, V vertices, J joints (5), K blend coefficients, L landmarks.
+Every function is differentiable in its float inputs and compiles under XLA.
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from flame import constants as C
+
+# Below this squared rotation angle, Rodrigues' coefficients use their Taylor series: exact to
+# float32 precision there, and smooth (with finite gradients) through the zero rotation.
+_SMALL_ANGLE_SQ = 1e-6
+
+
+def batch_rodrigues(rot_vecs: tf.Tensor) -> tf.Tensor:
+    """Axis-angle vectors to rotation matrices.
+
+    Uses R = I + a(t) K + b(t) K^2 with K the cross-product matrix of the (unnormalised) vector,
+    a = sin(t) / t and b = (1 - cos(t)) / t^2, so nothing divides by the angle near zero.
+
+    Args:
+      rot_vecs: [..., 3] float32 axis-angle (radians).
+    Returns:
+      [..., 3, 3] float32 rotation matrices.
+    """
+    x, y, z = tf.unstack(rot_vecs, axis=-1)
+    theta_sq = x * x + y * y + z * z
+    small = theta_sq < _SMALL_ANGLE_SQ
+    # Feed the non-series branch a harmless value where it is not used, so its gradient is finite.
+    safe_sq = tf.where(small, tf.ones_like(theta_sq), theta_sq)
+    theta = tf.sqrt(safe_sq)
+    a = tf.where(small, 1.0 - theta_sq / 6.0, tf.sin(theta) / theta)
+    b = tf.where(small, 0.5 - theta_sq / 24.0, (1.0 - tf.cos(theta)) / safe_sq)
+    zero = tf.zeros_like(x)
+    k = tf.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1)
+    k = tf.reshape(k, tf.concat([tf.shape(x), [3, 3]], axis=0))
+    eye = tf.eye(3, dtype=rot_vecs.dtype)
+    return eye + a[..., None, None] * k + b[..., None, None] * tf.matmul(k, k)
+
+
+def full_pose(pose: tf.Tensor) -> tf.Tensor:
+    """RingNet's 6-d pose (global, jaw) or FLAME's 15-d pose to FLAME's 15-d pose.
+
+    Args:
+      pose: [B, 6] (global rotation, jaw rotation) or [B, 15] (global, neck, jaw, left eye,
+        right eye), axis-angle.
+    Returns:
+      [B, 15]: for 6-d input, neck and eye rotations are zero.
+    """
+    dim = pose.shape[-1]
+    if dim == C.FULL_POSE_DIM:
+        return pose
+    if dim != C.RINGNET_POSE_DIM:
+        raise ValueError(f"pose must have {C.RINGNET_POSE_DIM} or {C.FULL_POSE_DIM} values; got {dim}")
+    glob, jaw = pose[:, :3], pose[:, 3:]
+    zeros3 = tf.zeros_like(glob)
+    return tf.concat([glob, zeros3, jaw, zeros3, zeros3], axis=-1)
+
+
+def pose_features(rot_mats: tf.Tensor) -> tf.Tensor:
+    """Pose-corrective features: (R - I) of the non-root joints, row-major.
+
+    Args:
+      rot_mats: [B, J, 3, 3].
+    Returns:
+      [B, 9 * (J - 1)] float32.
+    """
+    rel = rot_mats[:, 1:] - tf.eye(3, dtype=rot_mats.dtype)
+    return tf.reshape(rel, [-1, 9 * (rot_mats.shape[1] - 1)])
+
+
+def rigid_transforms(rot_mats: tf.Tensor, joints: tf.Tensor,
+                     parents: tuple[int, ...] = C.PARENTS) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Composes joint rotations along the kinematic tree.
+
+    Args:
+      rot_mats: [B, J, 3, 3] local rotations.
+      joints: [B, J, 3] rest-pose joint locations.
+      parents: [J] parent of each joint (-1 for the root); a parent precedes its children.
+    Returns:
+      world_rots: [B, J, 3, 3] accumulated rotations.
+      posed_joints: [B, J, 3] joint locations after posing.
+      skin_trans: [B, J, 3] translations of the skinning transforms, i.e. each joint's transform
+        applied to rest-pose points is x -> world_rots @ x + skin_trans.
+    """
+    rots, locs = [], []
+    for j, p in enumerate(parents):
+        if p < 0:
+            rots.append(rot_mats[:, j])
+            locs.append(joints[:, j])
+        else:
+            rots.append(tf.matmul(rots[p], rot_mats[:, j]))
+            offset = joints[:, j] - joints[:, p]
+            locs.append(locs[p] + tf.linalg.matvec(rots[p], offset))
+    world_rots = tf.stack(rots, axis=1)
+    posed_joints = tf.stack(locs, axis=1)
+    skin_trans = posed_joints - tf.linalg.matvec(world_rots, joints)
+    return world_rots, posed_joints, skin_trans
+
+
+def skin(points: tf.Tensor, weights: tf.Tensor, world_rots: tf.Tensor,
+         skin_trans: tf.Tensor) -> tf.Tensor:
+    """Linear blend skinning, general form (any joint may rotate).
+
+    Args:
+      points: [B, V, 3] rest-pose (shaped and pose-corrected) vertices.
+      weights: [V, J] skinning weights.
+      world_rots: [B, J, 3, 3]; skin_trans: [B, J, 3] from `rigid_transforms`.
+    Returns:
+      [B, V, 3] posed vertices.
+    """
+    batch, num_v = tf.shape(points)[0], tf.shape(points)[1]
+    # Blend the 3x4 transforms per vertex, then apply them to homogeneous points; written as
+    # broadcast-multiply-reduce so XLA fuses it into one pass over the vertices.
+    transforms = tf.concat([world_rots, skin_trans[..., None]], axis=-1)  # [B, J, 3, 4]
+    blended = tf.einsum("vj,bjk->bvk", weights, tf.reshape(transforms, [batch, -1, 12]))
+    blended = tf.reshape(blended, [batch, num_v, 3, 4])
+    homog = tf.concat([points, tf.ones_like(points[..., :1])], axis=-1)  # [B, V, 4]
+    return tf.reduce_sum(blended * homog[:, :, None, :], axis=-1)
+
+
+def skin_global_and_jaw(points: tf.Tensor, jaw_weights: tf.Tensor, global_rot: tf.Tensor,
+                        jaw_rot: tf.Tensor, joints: tf.Tensor) -> tf.Tensor:
+    """Linear blend skinning when only the root and the jaw rotate (RingNet's 6-d pose).
+
+    With the neck and eye rotations at identity, every joint except the jaw carries the root's
+    transform, so LBS reduces exactly to: rotate jaw-weighted points about the jaw joint by their
+    jaw weight, then apply the root's rotation about the root joint. Same result as `skin`, with a
+    few multiply-adds per vertex instead of a blend of five transforms.
+
+    Args:
+      points: [B, V, 3] rest-pose vertices; jaw_weights: [V] skinning weights of the jaw joint.
+      global_rot, jaw_rot: [B, 3, 3] local rotations of the root and the jaw.
+      joints: [B, J, 3] rest-pose joints.
+    Returns:
+      [B, V, 3] posed vertices.
+    """
+    jaw_joint = joints[:, C.JAW][:, None, :]
+    root_joint = joints[:, C.ROOT][:, None, :]
+    jaw_delta = jaw_rot - tf.eye(3, dtype=jaw_rot.dtype)
+    opened = points + jaw_weights[None, :, None] * _rotate(jaw_delta, points - jaw_joint)
+    return _rotate(global_rot, opened - root_joint) + root_joint
+
+
+def _rotate(mats: tf.Tensor, points: tf.Tensor) -> tf.Tensor:
+    """[B, 3, 3] matrices applied to [B, V, 3] points -> [B, V, 3].
+
+    Broadcast-multiply-reduce rather than einsum: XLA on CPU lowers a 3x3 einsum to a slow batched
+    dot, while this fuses with its neighbours into one elementwise pass.
+    """
+    return tf.reduce_sum(mats[:, None, :, :] * points[:, :, None, :], axis=-1)
+
+
+def contour_rows(rot_mats: tf.Tensor) -> tf.Tensor:
+    """Row of the 79 x 17 contour table for each head pose (the dynamic jaw-contour lookup).
+
+    The head's yaw comes from the rotation composed along the neck chain (root then neck):
+    yaw = atan2(-R[2,0], sqrt(R[0,0]^2 + R[1,0]^2)). In whole degrees, negated and clamped to at
+    most 39, a value y >= 0 selects row y and a negative y row 39 - y, with y < -39 mapping to the
+    last row (78). Branch-free, so it compiles under XLA; a discrete choice, so it has no gradient.
+
+    Args:
+      rot_mats: [B, J, 3, 3] local joint rotations.
+    Returns:
+      [B] int32 rows in [0, 78].
+    """
+    head = tf.matmul(rot_mats[:, C.ROOT], rot_mats[:, C.NECK])
+    yaw = tf.atan2(-head[:, 2, 0], tf.sqrt(head[:, 0, 0] ** 2 + head[:, 1, 0] ** 2))
+    y = tf.round(tf.minimum(-yaw * (180.0 / math.pi), float(C.CONTOUR_MAX_YAW_DEG)))
+    y = tf.cast(tf.stop_gradient(y), tf.int32)
+    row = tf.where(y >= 0, y, C.CONTOUR_MAX_YAW_DEG - y)
+    return tf.minimum(row, C.CONTOUR_LAST_ROW)
+
+
+def barycentric_points(vertices: tf.Tensor, tri_vertex_ids: tf.Tensor, bary: tf.Tensor) -> tf.Tensor:
+    """Points given by barycentric coordinates in mesh triangles.
+
+    Args:
+      vertices: [B, V, 3].
+      tri_vertex_ids: [L, 3] int32 (same triangles for the whole batch) or [B, L, 3] int32.
+      bary: [L, 3] or [B, L, 3] float32, matching `tri_vertex_ids`.
+    Returns:
+      [B, L, 3] float32.
+    """
+    if tri_vertex_ids.shape.rank == 2:
+        corners = tf.gather(vertices, tri_vertex_ids, axis=1)  # [B, L, 3, 3]
+        return tf.einsum("blkc,lk->blc", corners, bary)
+    corners = tf.gather(vertices, tri_vertex_ids, axis=1, batch_dims=1)
+    return tf.einsum("blkc,blk->blc", corners, bary)
