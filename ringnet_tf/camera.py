@@ -1,0 +1,38 @@
+"""The one camera of the project: weak perspective, HMR convention, to pixel coordinates.
+
+A point (X, Y, Z) in the model's frame (metres, y up) goes to normalised image coordinates
+x_n = s * (X + tx), y_n = s * (Y + ty) in [-1, 1], then to pixels of a square image of side `size`:
+u = (x_n + 1) * size / 2 (right), v = (1 - y_n) * size / 2 (down: image rows grow downwards while
+FLAME's y grows upwards). Depth is ignored by the projection; renderers use Z for visibility
+(larger Z is nearer the camera, which looks along -Z).
+
+Written with plain arithmetic and slicing only, so the same functions serve NumPy arrays (data
+generation, rendering) and TF tensors (the model, the losses).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Image axes relative to the model's x and y: x stays, y flips.
+_AXIS_SIGN = np.array([1.0, -1.0], np.float32)
+
+
+def project(points, cam, image_size: float):
+    """Weak-perspective projection to pixels.
+
+    Args:
+      points: [..., N, 3] (or [..., N, 2]) model-frame points.
+      cam: [..., 3] camera (s, tx, ty).
+      image_size: side of the square image in pixels.
+    Returns:
+      [..., N, 2] pixel coordinates (u right, v down), same array type as the inputs.
+    """
+    scale = cam[..., None, 0:1]
+    trans = cam[..., None, 1:3]
+    normalised = scale * (points[..., :2] + trans) * _AXIS_SIGN
+    return (normalised + 1.0) * (0.5 * image_size)
+
+
+def pixels_to_normalised(pixels, image_size: float):
+    """[..., 2] pixels (u right, v down) to normalised coordinates with y up, in [-1, 1]."""
+    return (pixels / (0.5 * image_size) - 1.0) * _AXIS_SIGN
