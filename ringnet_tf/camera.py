@@ -17,20 +17,26 @@ import numpy as np
 _AXIS_SIGN = np.array([1.0, -1.0], np.float32)
 
 
-def project(points, cam, image_size: float):
-    """Weak-perspective projection to pixels.
+def project_normalised(points, cam):
+    """Weak-perspective projection to normalised image coordinates (y up, [-1, 1] across the image).
 
     Args:
       points: [..., N, 3] (or [..., N, 2]) model-frame points.
       cam: [..., 3] camera (s, tx, ty).
-      image_size: side of the square image in pixels.
     Returns:
-      [..., N, 2] pixel coordinates (u right, v down), same array type as the inputs.
+      [..., N, 2], same array type as the inputs.
     """
-    scale = cam[..., None, 0:1]
-    trans = cam[..., None, 1:3]
-    normalised = scale * (points[..., :2] + trans) * _AXIS_SIGN
-    return (normalised + 1.0) * (0.5 * image_size)
+    return cam[..., None, 0:1] * (points[..., :2] + cam[..., None, 1:3])
+
+
+def normalised_to_pixels(normalised, image_size: float):
+    """[..., 2] normalised coordinates (y up) to pixels (u right, v down) of a square image."""
+    return (normalised * _AXIS_SIGN + 1.0) * (0.5 * image_size)
+
+
+def project(points, cam, image_size: float):
+    """Weak-perspective projection to pixels: [..., N, 3] points, [..., 3] cam -> [..., N, 2]."""
+    return normalised_to_pixels(project_normalised(points, cam), image_size)
 
 
 def pixels_to_normalised(pixels, image_size: float):
