@@ -1,0 +1,95 @@
+"""The one image preprocessing of the project, shared by data preparation, training, demo and export.
+
+Two steps:
+1. Crop: a square box around the face (from 68 landmarks or a detector's box), enlarged by
+   `CROP_SCALE` so the whole head and some background fit ("loosely cropped"), resampled to a
+   square image. Points (landmarks) go through the same affine map as the pixels.
+2. Normalise: uint8 RGB -> float32 in [-1, 1] (`2 * (x / 255 - 0.5)`, as RingNet).
+
+Without a face box, `centre_box` reproduces the original RingNet demo: the largest centred square
+(the image is padded by edge replication when the box leaves it).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+# Box side relative to the landmarks' extent (max of width and height of their bounding box).
+CROP_SCALE = 1.6
+# A detector's box (dlib HOG: brows to chin, ear to ear) is tighter than the 68 landmarks' extent
+# plus forehead; this factor maps its side to the same loose crop.
+DETECTOR_BOX_SCALE = 1.8
+# The box centre sits this fraction of the side above the landmarks' centre, to keep the forehead.
+CENTRE_SHIFT_UP = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """A square crop box in source-image pixels: centre (cx, cy) and side length."""
+
+    cx: float
+    cy: float
+    size: float
+
+    def affine(self, out_size: int) -> np.ndarray:
+        """[2, 3] float64 map from source pixels to pixels of the out_size x out_size crop."""
+        s = out_size / self.size
+        return np.array([[s, 0.0, out_size / 2 - s * self.cx],
+                         [0.0, s, out_size / 2 - s * self.cy]])
+
+
+def box_from_landmarks(landmarks: np.ndarray, scale: float = CROP_SCALE) -> Box:
+    """Loose square box around 68 landmarks. landmarks: [68, 2+] pixels (confidence ignored)."""
+    pts = np.asarray(landmarks, np.float64)[:, :2]
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    size = scale * float(max(hi - lo))
+    if not np.isfinite(size) or size <= 0:
+        raise ValueError(f"landmarks span no area: {lo} .. {hi}")
+    cx, cy = (lo + hi) / 2
+    return Box(float(cx), float(cy - CENTRE_SHIFT_UP * size), size)
+
+
+def box_from_detection(left: float, top: float, right: float, bottom: float,
+                       scale: float = DETECTOR_BOX_SCALE) -> Box:
+    """Loose square box from a face detector's rectangle (pixels)."""
+    size = scale * max(right - left, bottom - top)
+    if size <= 0:
+        raise ValueError(f"empty detection box: {(left, top, right, bottom)}")
+    return Box((left + right) / 2, (top + bottom) / 2 - CENTRE_SHIFT_UP * size, float(size))
+
+
+def centre_box(height: int, width: int) -> Box:
+    """The original RingNet demo's crop: the image's longer side, centred (padding by replication)."""
+    return Box(width / 2, height / 2, float(max(height, width)))
+
+
+def crop(image: np.ndarray, box: Box, out_size: int) -> np.ndarray:
+    """Resamples the box to an out_size x out_size image (bilinear; edge replication outside).
+
+    image: [H, W, 3] uint8 RGB. Returns [out_size, out_size, 3] uint8.
+    """
+    # Shrinking a lot with bilinear sampling aliases: blur first in proportion.
+    shrink = box.size / out_size
+    if shrink > 2.0:
+        sigma = 0.5 * shrink
+        image = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    return cv2.warpAffine(image, box.affine(out_size), (out_size, out_size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def transform_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Applies a [2, 3] affine map to [..., N, 2+] points; extra columns (confidence) pass through."""
+    pts = np.asarray(points, np.float64)
+    xy = pts[..., :2] @ affine[:, :2].T + affine[:, 2]
+    return np.concatenate([xy, pts[..., 2:]], axis=-1)
+
+
+def normalise(image):
+    """uint8 RGB in [0, 255] -> float32 in [-1, 1]. Works on NumPy arrays and TF tensors alike."""
+    if isinstance(image, np.ndarray):
+        return (image.astype(np.float32) / 255.0 - 0.5) * 2.0
+    import tensorflow as tf
+
+    return (tf.cast(image, tf.float32) / 255.0 - 0.5) * 2.0
