@@ -36,3 +36,19 @@ CONTOUR_LAST_ROW: int = CONTOUR_NUM_ROWS - 1  # 78: row for yaws past -39 degree
 # inner left eye, outer left eye, nose bottom, right mouth corner, left mouth corner.
 NOW_LANDMARKS_IN_STATIC: tuple[int, ...] = (19, 22, 25, 28, 16, 31, 37)
 NUM_NOW_LANDMARKS: int = 7
+
+# Left-right mirror of the 68 iBUG landmarks: after flipping an image horizontally, landmark i of
+# the flipped face is landmark IBUG68_MIRROR[i] of the original (jaw, brows, nose wings, eyes and
+# mouth swap sides; the midline points map to themselves).
+IBUG68_MIRROR: tuple[int, ...] = (
+    tuple(range(16, -1, -1))                      # jaw 0..16
+    + tuple(range(26, 16, -1))                    # brows 17..26
+    + (27, 28, 29, 30)                            # nose bridge
+    + (35, 34, 33, 32, 31)                        # nose bottom
+    + (45, 44, 43, 42, 47, 46)                    # right eye 36..41 <- left eye
+    + (39, 38, 37, 36, 41, 40)                    # left eye 42..47 <- right eye
+    + (54, 53, 52, 51, 50, 49, 48)                # outer upper lip 48..54
+    + (59, 58, 57, 56, 55)                        # outer lower lip 55..59
+    + (64, 63, 62, 61, 60)                        # inner upper lip 60..64
+    + (67, 66, 65)                                # inner lower lip 65..67
+)

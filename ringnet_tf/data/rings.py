@@ -1,0 +1,225 @@
+"""Ring batches in tf.data: R - 1 images of one identity and 1 of another, augmented in step.
+
+A batch is a dict:
+  images: [NB, R, S, S, 3] float32 in [-1, 1] (the shared preprocessing's normalisation);
+  landmarks: [NB, R, 68, 3] float32: x, y in pixels of the S x S network input, confidence.
+
+Ring sampling rule (documented once, tested): identities with fewer than `min_images` images
+(default 2) never anchor a ring (they can still be the odd one out). Each epoch, every anchor
+identity's images are shuffled and cut into groups of R - 1; a last short group, or an identity
+with fewer than R - 1 images, is filled by drawing its own images again (each copy gets its own
+augmentation). Each group gets one image of another identity, drawn uniformly among all images
+of the other identities. The rings of an epoch are then shuffled. Everything follows from
+(seed, epoch), so the stream is deterministic and resumable from a ring position without replay.
+
+Augmentation (the same affine map for pixels and landmarks): scale, translation, rotation,
+horizontal flip (landmark order mirrored), and colour jitter. It runs inside tf.data, outside the
+compiled train step (image warps have no XLA CPU kernel).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from flame import constants as C
+from ringnet_tf import preprocess
+from ringnet_tf.data import dataset as D
+
+
+@dataclasses.dataclass(frozen=True)
+class RingConfig:
+    ring_size: int = 6  # R: the paper's value
+    rings_per_batch: int = 2  # NB
+    image_size: int = 224  # S, the network input
+    min_images: int = 2
+    seed: int = 0
+    augment: bool = True
+    max_scale: float = 0.1  # relative zoom in [-max_scale, +max_scale]
+    max_shift: float = 0.06  # translation, fraction of the image side
+    max_rotation_deg: float = 15.0
+    flip_probability: float = 0.5
+    max_brightness: float = 0.15  # colour jitter, in [0, 1] image units
+    max_contrast: float = 0.2
+    max_saturation: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.ring_size < 3:
+            raise ValueError(f"ring_size must be at least 3 (R - 1 >= 2 images of one identity); got {self.ring_size}")
+        if self.rings_per_batch < 1:
+            raise ValueError(f"rings_per_batch must be at least 1; got {self.rings_per_batch}")
+        if self.min_images < 1:
+            raise ValueError(f"min_images must be at least 1; got {self.min_images}")
+
+
+class RingSampler:
+    """Ring index sampling over a manifest's identities (NumPy, deterministic per epoch)."""
+
+    def __init__(self, identities: list[str], config: RingConfig, source: str = "dataset"):
+        self.config = config
+        ids = np.asarray(identities)
+        names, inverse = np.unique(ids, return_inverse=True)
+        self.groups = [np.flatnonzero(inverse == k) for k in range(len(names))]
+        self.anchors = [k for k, g in enumerate(self.groups) if len(g) >= config.min_images]
+        if len(self.groups) < 2:
+            raise ValueError(f"{source}: {len(self.groups)} identity; rings need at least 2")
+        if not self.anchors:
+            raise ValueError(f"{source}: no identity has {config.min_images} images (min_images)")
+        self.identity_of = inverse
+        self.num_images = len(ids)
+        per_ring = config.ring_size - 1
+        self.rings_per_epoch = sum(math.ceil(len(self.groups[k]) / per_ring) for k in self.anchors)
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """[rings_per_epoch, R] int64 image indices; the last column is the odd one out."""
+        cfg = self.config
+        per_ring = cfg.ring_size - 1
+        rng = np.random.default_rng([cfg.seed, epoch])
+        rings = []
+        for k in self.anchors:
+            members = rng.permutation(self.groups[k])
+            n_rings = math.ceil(len(members) / per_ring)
+            fill = n_rings * per_ring - len(members)
+            if fill:
+                members = np.concatenate([members, rng.choice(self.groups[k], fill, replace=True)])
+            for r in range(n_rings):
+                # Odd one out: uniform over the images of all other identities.
+                while True:
+                    odd = int(rng.integers(self.num_images))
+                    if self.identity_of[odd] != k:
+                        break
+                rings.append(np.concatenate([members[r * per_ring:(r + 1) * per_ring], [odd]]))
+        rings = np.stack(rings)
+        return rings[rng.permutation(len(rings))]
+
+    def stream(self, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """Endless (global ring index, [R] indices), starting at ring `start` of the whole stream."""
+        epoch, offset = divmod(start, self.rings_per_epoch)
+        while True:
+            rings = self.epoch(epoch)
+            for i in range(offset, len(rings)):
+                yield epoch * self.rings_per_epoch + i, rings[i]
+            epoch, offset = epoch + 1, 0
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+_MIRROR = tf.constant(C.IBUG68_MIRROR, tf.int32)
+
+
+def _affine_params(config: RingConfig, seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """Random scale, shift (x, y), rotation (rad) and flip for one image, from a stateless seed."""
+    if not config.augment:
+        return tf.constant(1.0), tf.zeros([2]), tf.constant(0.0), tf.constant(False)
+    u = tf.random.stateless_uniform([5], seed=seed, minval=-1.0, maxval=1.0)
+    scale = 1.0 + config.max_scale * u[0]
+    shift = config.max_shift * u[1:3]
+    angle = math.radians(config.max_rotation_deg) * u[3]
+    flip = (u[4] + 1.0) / 2.0 < config.flip_probability
+    return scale, shift, angle, flip
+
+
+def _warp_matrix(src_size: tf.Tensor, out_size: int, scale, shift, angle, flip) -> tf.Tensor:
+    """[3, 3] map from stored-image pixels to network-input pixels (pixel centres at integers)."""
+    src_size = tf.cast(src_size, tf.float32)  # [H, W]
+    c_src = (src_size - 1.0) / 2.0
+    c_out = (out_size - 1.0) / 2.0
+    s = scale * out_size / tf.reduce_max(src_size)
+    cos, sin = tf.cos(angle) * s, tf.sin(angle) * s
+    sign = tf.where(flip, -1.0, 1.0)
+    # out = R * S * F * (p - c_src) + c_out + shift * out_size
+    a = tf.stack([cos * sign, -sin, sin * sign, cos])
+    tx = c_out + shift[0] * out_size - (a[0] * c_src[1] + a[1] * c_src[0])
+    ty = c_out + shift[1] * out_size - (a[2] * c_src[1] + a[3] * c_src[0])
+    return tf.stack([[a[0], a[1], tx], [a[2], a[3], ty], [0.0, 0.0, 1.0]])
+
+
+def augment_image(image: tf.Tensor, landmarks: tf.Tensor, config: RingConfig,
+                  seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Warps one stored image to the network input and moves its landmarks the same way.
+
+    Args:
+      image: [H, W, 3] uint8; landmarks: [68, 3] (x, y, confidence) in its pixels;
+      seed: [2] int32/int64 stateless seed.
+    Returns:
+      image [S, S, 3] float32 in [-1, 1]; landmarks [68, 3] in network-input pixels.
+    """
+    size = config.image_size
+    scale, shift, angle, flip = _affine_params(config, seed)
+    m = _warp_matrix(tf.shape(image)[:2], size, scale, shift, angle, flip)
+    inv = tf.linalg.inv(m)
+    transform = tf.reshape(inv, [9])[:8][None, :]
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None], transforms=transform,
+        output_shape=tf.constant([size, size]), fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="NEAREST")[0]
+    xy = landmarks[:, :2] @ tf.transpose(m[:2, :2]) + m[:2, 2]
+    lm = tf.concat([xy, landmarks[:, 2:]], axis=-1)
+    lm = tf.cond(flip, lambda: tf.gather(lm, _MIRROR), lambda: lm)
+    # Landmarks pushed out of the frame by the augmentation carry no usable signal.
+    inside = tf.reduce_all((xy >= 0.0) & (xy <= size - 1.0), axis=-1)
+    inside = tf.cond(flip, lambda: tf.gather(inside, _MIRROR), lambda: inside)
+    lm = tf.concat([lm[:, :2], lm[:, 2:] * tf.cast(inside, tf.float32)[:, None]], axis=-1)
+    pixels = warped / 255.0
+    if config.augment:
+        c = tf.random.stateless_uniform([3], seed=seed + 1, minval=-1.0, maxval=1.0)
+        pixels = pixels + config.max_brightness * c[0]
+        mean = tf.reduce_mean(pixels, axis=[0, 1], keepdims=True)
+        pixels = (pixels - mean) * (1.0 + config.max_contrast * c[1]) + mean
+        gray = tf.reduce_mean(pixels, axis=-1, keepdims=True)
+        pixels = (pixels - gray) * (1.0 + config.max_saturation * c[2]) + gray
+        pixels = tf.clip_by_value(pixels, 0.0, 1.0)
+    return preprocess.normalise(pixels * 255.0), lm
+
+
+def _decode(data: tf.Tensor) -> tf.Tensor:
+    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+# ----------------------------------------------------------------------------- datasets
+
+def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring: int = 0,
+                 batch: bool = True) -> tf.data.Dataset:
+    """Endless ring batches from a dataset directory (manifest form), from ring `start_ring` on.
+
+    Resuming after N batches: pass start_ring = N * rings_per_batch for the same stream.
+    """
+    records = D.read_manifest(dataset_dir)
+    sampler = RingSampler([r.identity for r in records], config, str(Path(dataset_dir) / D.MANIFEST_NAME))
+    paths = tf.constant([str(Path(dataset_dir) / r.image) for r in records])
+    landmarks = tf.constant(np.stack([r.landmarks for r in records]), tf.float32)
+    r_size = config.ring_size
+
+    def ring_indices():
+        for index, ring in sampler.stream(start_ring):
+            yield index, ring
+
+    rings = tf.data.Dataset.from_generator(
+        ring_indices, output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([r_size], tf.int64)))
+
+    def load(index, ring):
+        images, lms = [], []
+        for pos in range(r_size):
+            seed = tf.stack([tf.cast(config.seed, tf.int64), index * r_size + pos])
+            image = _decode(tf.io.read_file(tf.gather(paths, ring[pos])))
+            img, lm = augment_image(image, tf.gather(landmarks, ring[pos]), config, seed)
+            images.append(img)
+            lms.append(lm)
+        return {"images": tf.stack(images), "landmarks": tf.stack(lms)}
+
+    ds = rings.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if batch:
+        ds = ds.batch(config.rings_per_batch, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def rings_per_epoch(dataset_dir: str | os.PathLike, config: RingConfig) -> int:
+    records = D.read_manifest(dataset_dir, check_images=False)
+    return RingSampler([r.identity for r in records], config).rings_per_epoch

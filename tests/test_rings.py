@@ -1,0 +1,121 @@
+"""Ring sampling invariants, augmentation that moves landmarks with pixels, determinism, resume."""
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from flame import constants as C
+from ringnet_tf.data import dataset as D
+from ringnet_tf.data.rings import RingConfig, RingSampler, augment_image, ring_dataset
+
+IDENTITIES = ["a"] * 7 + ["b"] * 3 + ["c"] * 1 + ["d"] * 5
+
+
+def test_rings_hold_one_identity_and_one_other():
+    cfg = RingConfig(ring_size=4, min_images=2)
+    sampler = RingSampler(IDENTITIES, cfg)
+    ids = np.asarray(IDENTITIES)
+    rings = sampler.epoch(0)
+    assert rings.shape == (sampler.rings_per_epoch, 4)
+    for ring in rings:
+        assert len(set(ids[ring[:-1]])) == 1 and ids[ring[-1]] != ids[ring[0]]
+    anchors = set(ids[rings[:, 0]])
+    assert anchors == {"a", "b", "d"}  # "c" has 1 < min_images image: never an anchor
+    # Every image of an anchor identity appears in its rings each epoch.
+    members = set(rings[:, :-1].ravel())
+    assert all(i in members for i, name in enumerate(IDENTITIES) if name != "c")
+    # ceil(7/3) + ceil(3/3) + ceil(5/3) rings
+    assert sampler.rings_per_epoch == 3 + 1 + 2
+
+
+def test_sampling_is_deterministic_and_resumable():
+    cfg = RingConfig(ring_size=3, seed=7)
+    a, b = RingSampler(IDENTITIES, cfg), RingSampler(IDENTITIES, cfg)
+    np.testing.assert_array_equal(a.epoch(3), b.epoch(3))
+    assert not np.array_equal(a.epoch(0), a.epoch(1))
+    stream = a.stream()
+    full = [next(stream) for _ in range(30)]
+    resumed = a.stream(start=17)
+    for index, ring in full[17:]:
+        i, r = next(resumed)
+        assert i == index and np.array_equal(r, ring)
+
+
+def test_bad_configurations_are_refused():
+    with pytest.raises(ValueError, match="at least 3.*got 2"):
+        RingConfig(ring_size=2)
+    with pytest.raises(ValueError, match="at least 2"):
+        RingSampler(["a", "a", "a"], RingConfig())
+
+
+def _dot_image(points: np.ndarray, size: int = 128) -> np.ndarray:
+    image = np.zeros((size, size, 3), np.uint8)
+    for x, y in points:
+        cv2.circle(image, (int(round(x)), int(round(y))), 2, (255, 255, 255), -1)
+    return image
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_landmarks_move_with_the_pixels(seed):
+    cfg = RingConfig(image_size=96, max_rotation_deg=25, max_shift=0.05, max_scale=0.15,
+                     max_brightness=0, max_contrast=0, max_saturation=0)
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(30, 98, (3, 2))
+    lm = np.zeros((68, 3), np.float32)
+    lm[:3, :2], lm[:3, 2] = points, 1.0
+    img, out = augment_image(tf.constant(_dot_image(points)), tf.constant(lm), cfg,
+                             tf.constant([seed, 1], tf.int64))
+    img, out = img.numpy(), out.numpy()
+    bright = (img[..., 0] + 1) / 2 > 0.5
+    # Each dot's centroid (near its landmark) sits at the transformed landmark.
+    for x, y, c in out[out[:, 2] > 0]:
+        ys, xs = np.nonzero(bright[int(y) - 5:int(y) + 6, int(x) - 5:int(x) + 6])
+        assert len(xs) > 3
+        assert abs(xs.mean() + int(x) - 5 - x) < 0.8 and abs(ys.mean() + int(y) - 5 - y) < 0.8
+
+
+def test_flip_mirrors_positions_and_landmark_order():
+    cfg = RingConfig(image_size=64, flip_probability=1.0, max_scale=0, max_shift=0,
+                     max_rotation_deg=0, max_brightness=0, max_contrast=0, max_saturation=0)
+    lm = np.zeros((68, 3), np.float32)
+    lm[:, 0] = np.linspace(5, 58, 68)
+    lm[:, 1] = 20
+    lm[:, 2] = np.linspace(0.1, 1.0, 68)
+    _, out = augment_image(tf.zeros((64, 64, 3), tf.uint8), tf.constant(lm), cfg, tf.constant([0, 0]))
+    out = out.numpy()
+    mirror = np.asarray(C.IBUG68_MIRROR)
+    np.testing.assert_allclose(out[:, 0], 63 - lm[mirror, 0], atol=1e-4)
+    np.testing.assert_allclose(out[:, 2], lm[mirror, 2])
+
+
+def _tiny_dataset(root, size=48):
+    rng = np.random.default_rng(0)
+    records = []
+    for i, ident in enumerate(IDENTITIES):
+        name = f"images/{ident}/{i:02d}.png"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / name), rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+        lm = np.concatenate([rng.uniform(8, 40, (68, 2)), np.ones((68, 1))], 1).astype(np.float32)
+        records.append(D.Record(name, ident, lm))
+    D.write_manifest(root, records)
+    D.write_meta(root, {"source": "test"})
+
+
+def test_ring_dataset_batches_are_deterministic_and_resume(tmp_path):
+    _tiny_dataset(tmp_path)
+    cfg = RingConfig(ring_size=4, rings_per_batch=2, image_size=32, seed=3)
+    first = [b for b in ring_dataset(tmp_path, cfg).take(5)]
+    assert first[0]["images"].shape == (2, 4, 32, 32, 3)
+    assert first[0]["landmarks"].shape == (2, 4, 68, 3)
+    assert float(tf.reduce_min(first[0]["images"])) >= -1 and float(tf.reduce_max(first[0]["images"])) <= 1
+    again = [b for b in ring_dataset(tmp_path, cfg).take(5)]
+    resumed = [b for b in ring_dataset(tmp_path, cfg, start_ring=3 * 2).take(2)]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
+    for a, b in zip(first[3:], resumed):
+        np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
+        np.testing.assert_array_equal(a["landmarks"].numpy(), b["landmarks"].numpy())
