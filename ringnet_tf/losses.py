@@ -4,8 +4,8 @@ Normalisation (the paper writes sums and leaves it open): every loss here is a m
 weights (lambda_sc 1, lambda_proj 60, lambda_beta = lambda_psi = 1e-4) keep their balance whatever
 the ring size R, the number of rings and the image size:
 - shape consistency: the mean hinge over rings and over the (R - 1)^2 ordered pairs (j, k);
-- landmarks: sum of confidence-weighted |dx| + |dy| in normalised image units ([-1, 1]),
-  divided by the sum of the confidences;
+- landmarks: confidence-weighted |dx| + |dy| in normalised image units ([-1, 1]), averaged over
+  images and landmarks (a plain mean, so splitting a batch across devices changes nothing);
 - priors: the mean over examples of the squared norm.
 """
 from __future__ import annotations
@@ -39,11 +39,10 @@ def landmark_loss(pred: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
       pred: [..., L, 2] predicted landmarks.
       target: [..., L, 3] detected landmarks (x, y, confidence in [0, 1]).
     Returns:
-      [] float32: sum(w * (|dx| + |dy|)) / sum(w); 0 when every confidence is 0.
+      [] float32: mean over images and landmarks of w * (|dx| + |dy|).
     """
-    weights = target[..., 2]
     l1 = tf.reduce_sum(tf.abs(pred - target[..., :2]), axis=-1)
-    return tf.math.divide_no_nan(tf.reduce_sum(weights * l1), tf.reduce_sum(weights))
+    return tf.reduce_mean(target[..., 2] * l1)
 
 
 def l2_prior(coeffs: tf.Tensor) -> tf.Tensor:

@@ -15,6 +15,7 @@ from flame.model import FlameModel
 from ringnet_tf import camera
 from ringnet_tf.params import ParamSpec
 
+BACKBONES = ("resnet50", "tiny")
 BACKBONE_WEIGHTS_HELP = "none (random init), imagenet (Keras' download; network needed), or a .weights.h5 path"
 
 
@@ -23,6 +24,8 @@ class ModelConfig:
     """Everything that shapes the network; written next to every checkpoint."""
 
     image_size: int = 224
+    # "resnet50" (the paper's encoder) or "tiny" (a 3-layer CNN for tests and quick experiments).
+    backbone: str = "resnet50"
     num_shape: int = 100
     num_expression: int = 50
     num_stages: int = 3  # iterative error feedback steps (HMR uses 3)
@@ -40,6 +43,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32 (ResNet-50's minimum); got {self.image_size}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {self.backbone!r}")
         if self.num_stages < 1:
             raise ValueError(f"num_stages must be at least 1; got {self.num_stages}")
         if not 0.0 <= self.dropout < 1.0:
@@ -128,16 +133,32 @@ class WeakPerspective(keras.layers.Layer):
         return (*points_shape[:-1], 2)
 
 
-def build_backbone(image_size: int, weights: str = "none") -> keras.Model:
-    """ResNet-50 (v2: pre-activation, inputs in [-1, 1] as RingNet's are), globally average pooled.
+def _tiny_backbone(image_size: int) -> keras.Model:
+    """Three strided conv blocks and global pooling, [B, H, W, 3] -> [B, 64]: compiles in seconds."""
+    images = keras.Input((image_size, image_size, 3))
+    x = images
+    for width in (16, 32, 64):
+        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+    return keras.Model(images, keras.layers.GlobalAveragePooling2D()(x), name="backbone")
 
-    Returns a model [B, H, W, 3] -> [B, 2048]. `weights`: "none", "imagenet" (Keras downloads them:
-    only when asked, never in tests), or a path to a `.weights.h5` file of this backbone.
+
+def build_backbone(image_size: int, weights: str = "none", name: str = "resnet50") -> keras.Model:
+    """The encoder: ResNet-50 (v2: pre-activation, inputs in [-1, 1] as RingNet's are), globally
+    average pooled, [B, H, W, 3] -> [B, 2048]; or the "tiny" test backbone.
+
+    `weights`: "none", "imagenet" (Keras downloads them: only when asked, never in tests), or a
+    path to a `.weights.h5` file of this backbone.
     """
-    keras_weights = "imagenet" if weights == "imagenet" else None
-    backbone = keras.applications.ResNet50V2(
-        include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3),
-        pooling="avg", name="resnet50v2")
+    if name == "tiny":
+        backbone = _tiny_backbone(image_size)
+        if weights == "imagenet":
+            raise ValueError("the tiny backbone has no ImageNet weights")
+    else:
+        backbone = keras.applications.ResNet50V2(
+            include_top=False, weights="imagenet" if weights == "imagenet" else None,
+            input_shape=(image_size, image_size, 3), pooling="avg", name="backbone")
     if weights not in ("none", "imagenet"):
         try:
             backbone.load_weights(weights)
@@ -161,7 +182,7 @@ def build_ringnet(flame: FlameModel | FlameLayer, config: ModelConfig = ModelCon
         raise ValueError(f"FLAME layer has {flame.num_shape} / {flame.num_expression} components; "
                          f"config asks for {spec.num_shape} / {spec.num_expression}")
     images = keras.Input((config.image_size, config.image_size, 3), name="images")
-    features = build_backbone(config.image_size, config.backbone_weights)(images)
+    features = build_backbone(config.image_size, config.backbone_weights, config.backbone)(images)
     regressor = IterativeRegressor(config.mean_params(), config.num_stages, config.hidden,
                                    config.dropout, name="regressor")
     stages = regressor(features)

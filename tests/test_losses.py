@@ -32,8 +32,8 @@ def test_shape_consistency_is_invariant_to_ring_order_and_translation():
 def test_landmark_loss_hand_computed():
     pred = tf.constant([[[0.0, 0.0], [1.0, 1.0]]])
     target = tf.constant([[[0.5, -0.5, 1.0], [0.0, 0.0, 0.5]]])
-    # (1 * (0.5 + 0.5) + 0.5 * (1 + 1)) / 1.5 = 2 / 1.5
-    assert float(landmark_loss(pred, target)) == pytest.approx(2 / 1.5)
+    # (1 * (0.5 + 0.5) + 0.5 * (1 + 1)) / 2 landmarks = 1
+    assert float(landmark_loss(pred, target)) == pytest.approx(1.0)
     assert float(landmark_loss(pred, tf.zeros((1, 2, 3)))) == 0.0
 
 

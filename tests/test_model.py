@@ -67,7 +67,7 @@ def test_mixed_precision_keeps_flame_and_regressor_float32():
         keras.mixed_precision.set_global_policy("float32")
     out = net(_images())
     assert all(v.dtype == "float32" for v in out.values())
-    backbone = net.get_layer("resnet50v2")
+    backbone = net.get_layer("backbone")
     assert backbone.layers[2].compute_dtype == "bfloat16"
 
 

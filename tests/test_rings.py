@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from flame import constants as C
-from ringnet_tf.data import dataset as D
 from ringnet_tf.data.rings import RingConfig, RingSampler, augment_image, ring_dataset
+from tests.conftest import make_tiny_dataset
 
 IDENTITIES = ["a"] * 7 + ["b"] * 3 + ["c"] * 1 + ["d"] * 5
 
@@ -92,21 +92,8 @@ def test_flip_mirrors_positions_and_landmark_order():
     np.testing.assert_allclose(out[:, 2], lm[mirror, 2])
 
 
-def _tiny_dataset(root, size=48):
-    rng = np.random.default_rng(0)
-    records = []
-    for i, ident in enumerate(IDENTITIES):
-        name = f"images/{ident}/{i:02d}.png"
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / name), rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-        lm = np.concatenate([rng.uniform(8, 40, (68, 2)), np.ones((68, 1))], 1).astype(np.float32)
-        records.append(D.Record(name, ident, lm))
-    D.write_manifest(root, records)
-    D.write_meta(root, {"source": "test"})
-
-
 def test_ring_dataset_batches_are_deterministic_and_resume(tmp_path):
-    _tiny_dataset(tmp_path)
+    make_tiny_dataset(tmp_path, IDENTITIES)
     cfg = RingConfig(ring_size=4, rings_per_batch=2, image_size=32, seed=3)
     first = [b for b in ring_dataset(tmp_path, cfg).take(5)]
     assert first[0]["images"].shape == (2, 4, 32, 32, 3)

@@ -1,0 +1,246 @@
+"""Training runs: one typed config, validation before any work, checkpoints with resume, logging.
+
+`train.py` parses flags into a `TrainConfig` and calls `run`. A run directory holds:
+  config.json        the resolved configuration (compared on resume; a different run is refused)
+  checkpoints/       tf.train checkpoints of the network and the optimizer (every `checkpoint_every`)
+  tensorboard/       scalars every `log_every` steps, landmark images at every checkpoint
+  ringnet.keras      the final network (Keras format)
+  saved_model/       the final network as a SavedModel (serving signature: images -> outputs)
+
+A Keras "epoch" here is one checkpoint interval: the step count, the optimizer state and the data
+position (ring index = step * rings_per_batch) are all restored from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+from flame.io import load_flame
+from ringnet_tf import camera
+from ringnet_tf.data import dataset as D
+from ringnet_tf.data.rings import RingConfig, RingSampler, ring_dataset
+from ringnet_tf.model import ModelConfig, build_ringnet
+from ringnet_tf.trainer import LossConfig, RingNetTrainer
+
+# Fields that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("num_steps",)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    out: str
+    val_data: str | None = None  # a dataset of held-out identities; None: no validation
+    flame_model: str | None = None  # None: the project's open head model
+    model: ModelConfig = ModelConfig()
+    rings: RingConfig = RingConfig()
+    loss: LossConfig = LossConfig()
+    learning_rate: float = 1e-4
+    seed: int = 0  # weight initialisation and dropout (the data's seed is rings.seed)
+    num_steps: int = 1000
+    checkpoint_every: int = 500
+    log_every: int = 50
+    val_steps: int = 10
+    jit_compile: bool | None = None  # None: on where a GPU is present
+    mixed_precision: str = "none"  # none | float16 | bfloat16
+    distribute: str = "auto"  # auto | none | mirrored | multiworker
+    num_image_summaries: int = 4
+    export_saved_model: bool = True  # a SavedModel next to ringnet.keras at the end
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["model"] = ModelConfig(**d["model"])
+        d["rings"] = RingConfig(**d["rings"])
+        d["loss"] = LossConfig(**d["loss"])
+        return cls(**d)
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks everything that can be checked before any work starts; raises ConfigError."""
+    if config.rings.image_size != config.model.image_size:
+        raise ConfigError(f"ring image_size {config.rings.image_size} != model image_size {config.model.image_size}")
+    for name in ("num_steps", "checkpoint_every", "log_every", "val_steps"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1; got {getattr(config, name)}")
+    if config.mixed_precision not in ("none", "float16", "bfloat16"):
+        raise ConfigError(f"mixed_precision must be none, float16 or bfloat16; got {config.mixed_precision!r}")
+    if config.distribute not in ("auto", "none", "mirrored", "multiworker"):
+        raise ConfigError(f"distribute must be auto, none, mirrored or multiworker; got {config.distribute!r}")
+    if not config.learning_rate > 0:
+        raise ConfigError(f"learning_rate must be positive; got {config.learning_rate}")
+    for path in [config.data] + ([config.val_data] if config.val_data else []):
+        try:
+            records = D.read_manifest(path)
+            RingSampler([r.identity for r in records], config.rings, str(Path(path) / D.MANIFEST_NAME))
+        except ValueError as e:  # DatasetError is a ValueError too
+            raise ConfigError(str(e)) from None
+    saved = Path(config.out) / "config.json"
+    if saved.exists():
+        previous = json.loads(saved.read_text())
+        current = config.to_json()
+        diff = sorted(k for k in current if k not in RESUMABLE_CHANGES and previous.get(k) != current[k])
+        if diff:
+            raise ConfigError(f"{config.out} holds another run's checkpoints (its config differs in "
+                              f"{', '.join(diff)}); choose another --out or resume with the same settings")
+
+
+def _strategy(name: str) -> tf.distribute.Strategy:
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+class _Progress(keras.callbacks.Callback):
+    """A progress line every `every` steps: step, losses, images per second; stops on NaN."""
+
+    def __init__(self, every: int, images_per_step: int, total: int, writer, stream=sys.stdout):
+        super().__init__()
+        self.every, self.images_per_step, self.total, self.stream = every, images_per_step, total, stream
+        self.writer = writer
+        self.last_time, self.last_step = None, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        loss = float(logs["loss"])
+        if not math.isfinite(loss):
+            self.model.stop_training = True
+            raise FloatingPointError(f"loss became {loss} at step {step}; training stopped. The last "
+                                     f"checkpoint is intact: lower --learning_rate or check the data")
+        now = time.perf_counter()
+        if self.last_time is None:
+            self.last_time, self.last_step = now, step
+            return
+        if step % self.every == 0 or step == self.total:
+            rate = (step - self.last_step) * self.images_per_step / max(now - self.last_time, 1e-9)
+            parts = "  ".join(f"{k} {float(v):.4g}" for k, v in logs.items())
+            print(f"step {step}/{self.total}  {parts}  {rate:.1f} img/s", file=self.stream, flush=True)
+            with self.writer.as_default(step=step):
+                for k, v in logs.items():
+                    tf.summary.scalar(f"train/{k}", float(v))
+                tf.summary.scalar("train/images_per_second", rate)
+            self.last_time, self.last_step = now, step
+
+
+class _CheckpointAndSummaries(keras.callbacks.Callback):
+    """At each interval's end: a checkpoint, and landmark images (predicted red, target green)."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, writer, sample: dict[str, np.ndarray] | None,
+                 image_size: int):
+        super().__init__()
+        self.manager, self.writer, self.sample, self.image_size = manager, writer, sample, image_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        self.manager.save(checkpoint_number=step)
+        with self.writer.as_default(step=step):
+            for k, v in (logs or {}).items():
+                tf.summary.scalar(f"interval/{k}", float(v))
+            if self.sample is not None:
+                tf.summary.image("landmarks", self._draw(), max_outputs=len(self.sample["images"]))
+        self.writer.flush()
+
+    def _draw(self) -> np.ndarray:
+        images = self.sample["images"]
+        out = self.model.net(images, training=False)
+        pred = camera.normalised_to_pixels(out["landmarks2d"].numpy(), self.image_size)
+        drawn = []
+        for img, p, t in zip(images, pred, self.sample["landmarks"]):
+            canvas = np.ascontiguousarray(((img + 1) * 127.5).clip(0, 255).astype(np.uint8))
+            for (x, y, c) in t:
+                if c > 0:
+                    cv2.circle(canvas, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
+            for (x, y) in p:
+                cv2.circle(canvas, (int(round(x)), int(round(y))), 1, (255, 0, 0), -1)
+            drawn.append(canvas)
+        return np.stack(drawn)
+
+
+def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
+    """Trains (or resumes) a run; returns the final metrics and the paths written."""
+    validate(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+    flame = load_flame(config.flame_model)
+    strategy = _strategy(config.distribute)
+    if config.rings.rings_per_batch % strategy.num_replicas_in_sync:
+        raise ConfigError(f"rings_per_batch {config.rings.rings_per_batch} is not divisible by the "
+                          f"{strategy.num_replicas_in_sync} devices")
+    jit = config.jit_compile if config.jit_compile is not None else bool(tf.config.list_logical_devices("GPU"))
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        net = build_ringnet(flame, config.model)
+        trainer = RingNetTrainer(net, config.loss)
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+        trainer.compile(optimizer=optimizer, jit_compile=jit)
+        optimizer.build(trainer.trainable_variables)
+    resolved = {**config.to_json(), "flame_fingerprint": flame.fingerprint(), "jit_compile": jit}
+    saved = out / "config.json"
+    if saved.exists() and json.loads(saved.read_text()).get("flame_fingerprint") != flame.fingerprint():
+        raise ConfigError(f"{out} was trained with another head model (fingerprint differs)")
+    saved.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+
+    ckpt = tf.train.Checkpoint(net=net, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(ckpt, str(out / "checkpoints"), max_to_keep=3)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    step0 = int(optimizer.iterations.numpy())
+    if step0:
+        print(f"resuming {out} at step {step0}", file=stream, flush=True)
+    if step0 >= config.num_steps:
+        print(f"{out} already trained {step0} steps (num_steps {config.num_steps})", file=stream)
+        return {"step": step0, "out": str(out)}
+
+    rings_cfg = config.rings
+    train_ds = ring_dataset(config.data, rings_cfg, start_ring=step0 * rings_cfg.rings_per_batch)
+    val_ds, sample = None, None
+    if config.val_data:
+        val_cfg = dataclasses.replace(rings_cfg, augment=False, seed=rings_cfg.seed + 1)
+        val_ds = ring_dataset(config.val_data, val_cfg)
+        first = next(iter(val_ds.take(1)))
+        n = config.num_image_summaries
+        sample = {k: v.numpy().reshape(-1, *v.shape[2:])[:n] for k, v in first.items()}
+    writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+    interval = config.checkpoint_every
+    callbacks = [
+        _Progress(config.log_every, rings_cfg.rings_per_batch * rings_cfg.ring_size, config.num_steps,
+                  writer, stream),
+        _CheckpointAndSummaries(manager, writer, sample, config.model.image_size),
+    ]
+    history = trainer.fit(
+        train_ds, steps_per_epoch=interval, epochs=math.ceil(config.num_steps / interval),
+        initial_epoch=step0 // interval, validation_data=val_ds,
+        validation_steps=config.val_steps if val_ds is not None else None,
+        callbacks=callbacks, shuffle=False, verbose=0)
+    final = {k: float(v[-1]) for k, v in history.history.items()}
+    net.save(out / "ringnet.keras")
+    written = [out / "ringnet.keras"]
+    if config.export_saved_model:
+        net.export(str(out / "saved_model"), verbose=False)
+        written.append(out / "saved_model")
+    print(f"done: {int(optimizer.iterations.numpy())} steps; wrote {', '.join(map(str, written))}",
+          file=stream, flush=True)
+    return {"step": int(optimizer.iterations.numpy()), "metrics": final, "out": str(out)}

@@ -1,0 +1,90 @@
+"""RingNet training as a Keras 3 model with its own train_step / test_step.
+
+The batch is a ring batch (`ringnet_tf.data.rings`): images [NB, R, S, S, 3], landmarks
+[NB, R, 68, 3] in network-input pixels. The network sees the NB * R images as one batch; the
+losses put the ring structure back.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from ringnet_tf import camera, losses
+
+LOSS_NAMES = ("loss", "shape_consistency", "landmarks", "shape_prior", "expression_prior")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Loss weights and margin; the defaults are the paper's."""
+
+    shape_consistency: float = 1.0
+    landmarks: float = 60.0
+    shape_prior: float = 1e-4
+    expression_prior: float = 1e-4
+    eta: float = losses.ETA
+
+
+class RingNetTrainer(keras.Model):
+    """Wraps the RingNet network for training on ring batches.
+
+    `call(images)` runs the wrapped network on [B, S, S, 3] images. `compute_ring_losses` gives the
+    weighted total and its parts for a ring batch (dict, LOSS_NAMES). Losses are float32 even when
+    the backbone runs in float16/bfloat16 (the network's outputs are float32).
+    """
+
+    def __init__(self, net: keras.Model, loss_config: LossConfig = LossConfig(), **kwargs: Any):
+        super().__init__(**kwargs)
+        self.net = net
+        self.loss_config = loss_config
+        self.image_size = int(net.input_shape[1])
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        self.built = True  # the wrapped functional network is built already
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, images, training=False):
+        return self.net(images, training=training)
+
+    def compute_ring_losses(self, batch: dict[str, tf.Tensor], training: bool
+                            ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        images, target = batch["images"], batch["landmarks"]
+        num_rings, ring = tf.shape(images)[0], images.shape[1]
+        out = self.net(tf.reshape(images, [-1, *images.shape[2:]]), training=training)
+        target = tf.reshape(tf.cast(target, tf.float32), [-1, *target.shape[2:]])
+        target_xy = camera.pixels_to_normalised(target[..., :2], self.image_size)
+        cfg = self.loss_config
+        parts = {
+            "shape_consistency": losses.shape_consistency_loss(
+                tf.reshape(out["shape"], [num_rings, ring, -1]), cfg.eta),
+            "landmarks": losses.landmark_loss(out["landmarks2d"],
+                                              tf.concat([target_xy, target[..., 2:]], axis=-1)),
+            "shape_prior": losses.l2_prior(out["shape"]),
+            "expression_prior": losses.l2_prior(out["expression"]),
+        }
+        parts["loss"] = tf.add_n([getattr(cfg, k) * v for k, v in parts.items()])
+        return parts, out
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            parts, _ = self.compute_ring_losses(data, training=True)
+            # Gradients are summed across replicas: each replica contributes its share of the mean.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(parts["loss"] / replicas)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return self._update(parts)
+
+    def test_step(self, data):
+        parts, _ = self.compute_ring_losses(data, training=False)
+        return self._update(parts)
+
+    def _update(self, parts: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        for name, value in parts.items():
+            self.trackers[name].update_state(value)
+        return {name: t.result() for name, t in self.trackers.items()}

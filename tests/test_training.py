@@ -1,0 +1,117 @@
+"""Training: losses go down, stop and resume continue exactly, bad configs fail before any work,
+NaN stops with a message, and 2 devices give the loss of 1."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from flame.model import save_flame_files
+from ringnet_tf.data.rings import RingConfig
+from ringnet_tf.model import ModelConfig
+from ringnet_tf.train_lib import ConfigError, TrainConfig, run, validate
+from ringnet_tf.trainer import LossConfig
+from tests.conftest import make_tiny_dataset, make_tiny_model
+
+IDS = [f"id{i}" for i in range(4) for _ in range(4)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    save_flame_files(make_tiny_model(), root / "flame")
+    make_tiny_dataset(root / "data", IDS, size=40)
+    make_tiny_dataset(root / "val", IDS[:8], size=40, seed=1)
+    return root
+
+
+def _config(setup, out, **kw) -> TrainConfig:
+    base = TrainConfig(
+        data=str(setup / "data"), val_data=str(setup / "val"), out=str(setup / out),
+        flame_model=str(setup / "flame"),
+        model=ModelConfig(image_size=32, backbone="tiny", num_shape=10, num_expression=5, dropout=0.0),
+        rings=RingConfig(ring_size=4, rings_per_batch=2, image_size=32, seed=1),
+        learning_rate=3e-3, num_steps=6, checkpoint_every=2, log_every=2, val_steps=1,
+        jit_compile=False, export_saved_model=False)
+    return dataclasses.replace(base, **kw)
+
+
+def test_short_training_lowers_landmark_and_shape_consistency_losses(setup):
+    log = io.StringIO()
+    result = run(_config(setup, "lower", num_steps=200, checkpoint_every=100, log_every=20,
+                         export_saved_model=True), stream=log)
+    lines = [l for l in log.getvalue().splitlines() if l.startswith("step")]
+    assert lines and "img/s" in lines[-1]
+    tokens = lines[0].split()[2:-2]  # "step n/N", then name value pairs, then "rate img/s"
+    first = {k: float(v) for k, v in zip(tokens[::2], tokens[1::2])}
+    assert result["metrics"]["landmarks"] < 0.7 * first["landmarks"]
+    assert result["metrics"]["shape_consistency"] < 0.7 * first["shape_consistency"]
+    out = Path(result["out"])
+    assert (out / "ringnet.keras").is_file() and (out / "saved_model" / "saved_model.pb").is_file()
+    assert json.loads((out / "config.json").read_text())["flame_fingerprint"] == make_tiny_model().fingerprint()
+    assert list((out / "tensorboard").iterdir())
+
+
+def _weights(out: Path) -> list[np.ndarray]:
+    import keras
+    return [w.numpy() for w in keras.models.load_model(out / "ringnet.keras").weights]
+
+
+def test_stop_and_resume_continue_step_count_optimizer_and_data(setup):
+    straight = run(_config(setup, "straight"), stream=io.StringIO())
+    run(_config(setup, "resumed", num_steps=4), stream=io.StringIO())
+    log = io.StringIO()
+    resumed = run(_config(setup, "resumed", num_steps=6), stream=log)
+    assert "resuming" in log.getvalue() and "step 4" in log.getvalue()
+    assert resumed["step"] == straight["step"] == 6
+    for a, b in zip(_weights(Path(straight["out"])), _weights(Path(resumed["out"]))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_configurations_fail_before_any_work(setup, tmp_path):
+    with pytest.raises(ValueError, match="ring_size must be at least 3"):
+        RingConfig(ring_size=2)
+    make_tiny_dataset(tmp_path / "one", ["solo"] * 5, size=40)
+    with pytest.raises(ConfigError, match="1 identity"):
+        validate(_config(setup, "x", data=str(tmp_path / "one")))
+    out = tmp_path / "other_run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({**_config(setup, "x").to_json(), "learning_rate": 1.0}))
+    with pytest.raises(ConfigError, match="another run's checkpoints.*learning_rate"):
+        validate(dataclasses.replace(_config(setup, "x"), out=str(out)))
+    assert not (setup / "x").exists()
+
+
+def test_nan_loss_stops_with_a_clear_message(setup):
+    cfg = _config(setup, "nan", loss=LossConfig(landmarks=float("nan")))
+    with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
+        run(cfg, stream=io.StringIO())
+
+
+def test_xla_train_step_matches_eager(setup):
+    losses = {}
+    for jit in (False, True):
+        log = io.StringIO()
+        result = run(_config(setup, f"jit{int(jit)}", num_steps=2, jit_compile=jit), stream=log)
+        losses[jit] = result["metrics"]["loss"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
+def test_two_logical_devices_give_the_same_loss(setup):
+    script = Path(__file__).parent / "scripts" / "two_devices.py"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, str(script), str(setup)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == [1, 2]
+    assert result["loss_2"] == pytest.approx(result["loss_1"], rel=1e-5)
+    assert np.isfinite(result["train_loss_2"])
