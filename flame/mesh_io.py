@@ -1,7 +1,13 @@
-"""Mesh export (OBJ, PLY) through trimesh, keeping FLAME's vertex order and faces as they are."""
+"""Meshes in and out: OBJ / PLY writing through trimesh and strict reading, vertex order kept.
+
+Writing never merges or reorders vertices, so FLAME's landmark and region indices stay valid in a
+written mesh. Reading OBJ is done here, strictly (a malformed vertex or face is an error naming
+the file and line, never a silently empty mesh), keeping every vertex; PLY goes through trimesh.
+"""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +19,7 @@ MESH_FORMATS = (".obj", ".ply")
 
 
 def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
-               colors: np.ndarray | None = None) -> Path:
+               colors: np.ndarray | None = None, digits: int = 6) -> Path:
     """Writes a triangle mesh as OBJ or PLY (by the file's suffix), atomically.
 
     Vertex order and duplicated vertices are preserved (no merging), so a written mesh indexes
@@ -24,6 +30,7 @@ def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
       vertices: [V, 3] float.
       faces: [F, 3] int vertex indices.
       colors: optional per-vertex colours, [V, 3] or [V, 4], floats in [0, 1] or uint8.
+      digits: decimals of OBJ coordinates (6: micrometres for metres); PLY is binary, exact.
     Returns:
       The written path.
     Raises:
@@ -51,13 +58,148 @@ def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=vertex_colors, process=False)
     if suffix == ".obj":
         data = mesh.export(file_type="obj", include_color=colors is not None, include_normals=False,
-                           include_texture=False, digits=6).encode()
+                           include_texture=False, digits=digits).encode()
     else:
         data = mesh.export(file_type="ply", encoding="binary")
     return atomic_write(path, lambda f: f.write(data))
 
 
+class MeshReadError(ValueError):
+    """An unreadable mesh or landmark file; the message starts with the file's path."""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise MeshReadError(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def read_obj(path: str | os.PathLike, with_faces: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices and triangles of a Wavefront OBJ file.
+
+    Reads `v x y z [w | r g b]` and `f` records (`i`, `i/t`, `i//n`, `i/t/n`, negative indices
+    counted from the end); polygons are split into triangle fans; everything else (texture
+    coordinates, normals, groups, materials, comments) is skipped.
+
+    Args:
+      path: the `.obj` file.
+      with_faces: False skips face records (a scan's vertices are all the metric needs).
+    Returns:
+      vertices `[V, 3] float64`, faces `[F, 3] int64` (empty `[0, 3]` when skipped).
+    Raises:
+      MeshReadError naming the file (and line) for unreadable or malformed content, or no vertex.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    vertex_rows: list[list[str]] = []
+    vertex_lines: list[int] = []
+    face_records: list[tuple[int, list[str]]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("v ") or line.startswith("v\t"):
+            vertex_rows.append(line.split()[1:4])
+            vertex_lines.append(number)
+        elif with_faces and (line.startswith("f ") or line.startswith("f\t")):
+            face_records.append((number, line.split()[1:]))
+    if not vertex_rows:
+        raise MeshReadError(f"{path}: no vertex ('v') records: not an OBJ mesh")
+    try:
+        vertices = np.array(vertex_rows, dtype=np.float64)
+    except ValueError:
+        vertices = None
+    if vertices is None or vertices.shape != (len(vertex_rows), 3):
+        for row, number in zip(vertex_rows, vertex_lines):
+            try:
+                ok = len(row) == 3 and all(np.isfinite(float(x)) for x in row)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise MeshReadError(f"{path}:{number}: malformed vertex record")
+        raise MeshReadError(f"{path}: malformed vertex records")
+    if not np.all(np.isfinite(vertices)):
+        bad = int(np.flatnonzero(~np.all(np.isfinite(vertices), axis=1))[0])
+        raise MeshReadError(f"{path}:{vertex_lines[bad]}: vertex with NaN or infinity")
+    faces = _parse_faces(path, face_records, len(vertices)) if with_faces else np.zeros((0, 3), np.int64)
+    return vertices, faces
+
+
+def _parse_faces(path: Path, records: list[tuple[int, list[str]]], num_vertices: int) -> np.ndarray:
+    fast = _parse_triangles_fast(records, num_vertices)
+    if fast is not None:
+        return fast
+    # General path: polygons, and the line of the first bad record for the error message.
+    triangles: list[tuple[int, int, int]] = []
+    for number, tokens in records:
+        try:
+            indices = [int(token.split("/", 1)[0]) for token in tokens]
+        except ValueError:
+            raise MeshReadError(f"{path}:{number}: malformed face record") from None
+        if len(indices) < 3:
+            raise MeshReadError(f"{path}:{number}: face with fewer than 3 vertices")
+        resolved = []
+        for index in indices:
+            # OBJ indices are 1-based; negative ones count back from the last vertex read so far
+            # (we resolve them against all vertices, which is the same for files that define
+            # vertices before faces).
+            value = index - 1 if index > 0 else num_vertices + index
+            if index == 0 or not 0 <= value < num_vertices:
+                raise MeshReadError(
+                    f"{path}:{number}: face index {index} out of range (1..{num_vertices})")
+            resolved.append(value)
+        for k in range(1, len(resolved) - 1):
+            triangles.append((resolved[0], resolved[k], resolved[k + 1]))
+    return np.array(triangles, np.int64).reshape(-1, 3)
+
+
+def _parse_triangles_fast(records: list[tuple[int, list[str]]], num_vertices: int) -> np.ndarray | None:
+    """All-triangle face records parsed in one NumPy call; None when anything needs the slow path."""
+    if not records or any(len(tokens) != 3 for _, tokens in records):
+        return None
+    joined = " ".join(" ".join(tokens) for _, tokens in records)
+    try:
+        # Keep each token's vertex index: drop "/texture/normal" suffixes.
+        indices = np.array(_SLASH_SUFFIX.sub("", joined).split(), dtype=np.int64).reshape(-1, 3)
+    except ValueError:
+        return None
+    resolved = np.where(indices > 0, indices - 1, num_vertices + indices)
+    if np.any(indices == 0) or np.any(resolved < 0) or np.any(resolved >= num_vertices):
+        return None
+    return resolved
+
+
+_SLASH_SUFFIX = re.compile(r"/\S*")
+
+
 def read_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Reads an OBJ or PLY without merging vertices. Returns vertices [V, 3] float64, faces [F, 3]."""
-    mesh = trimesh.load(str(path), process=False, force="mesh")
-    return np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64)
+    """`[V, 3] float64` vertices and `[F, 3] int64` triangles of an `.obj` or `.ply` mesh.
+
+    Raises:
+      MeshReadError naming the file, also for a mesh without triangles.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".obj":
+        vertices, faces = read_obj(path)
+    elif suffix == ".ply":
+        vertices, faces = _read_ply(path)
+    else:
+        raise MeshReadError(f"{path}: unsupported mesh format '{suffix}' (expected .obj or .ply)")
+    if len(faces) == 0:
+        raise MeshReadError(f"{path}: no triangles")
+    return vertices, faces
+
+
+def _read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import trimesh  # imported here: only PLY predictions need it
+
+    try:
+        mesh = trimesh.load(path, file_type="ply", process=False, force="mesh")
+        vertices = np.asarray(mesh.vertices, np.float64)
+        faces = np.asarray(mesh.faces, np.int64).reshape(-1, 3)
+    except Exception as err:  # trimesh raises many types for broken files
+        raise MeshReadError(f"{path}: cannot read PLY ({type(err).__name__}: {err})") from None
+    if len(vertices) == 0 or not np.all(np.isfinite(vertices)):
+        raise MeshReadError(f"{path}: no vertices, or NaN / infinite ones")
+    if len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
+        raise MeshReadError(f"{path}: face index out of range")
+    return vertices, faces

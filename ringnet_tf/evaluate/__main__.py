@@ -1,0 +1,177 @@
+"""Command line: `python -m ringnet_tf.evaluate <protocol> ...`.
+
+Protocols: `now` (the NoW benchmark's scan-to-mesh error). Exit codes: 0 done (missing
+predictions included, and counted), 1 bad input or refused output folder, 2 bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from ringnet_tf.evaluate import geometry, now
+
+DEFAULT_OUT_NAME = "now_eval"
+
+_LAYOUT = "\n".join(f"  {path:<44}{what}" for path, what in [
+    (f"GT/{now.IMAGE_LIST_NAMES[0]}", "lines '<subject>/<challenge>/<image>.jpg'"),
+    ("", f"(or {now.IMAGE_LIST_NAMES[1]}, or --images)"),
+    (f"GT/{now.SCANS_DIR}/<subject>/*.obj", "the scan (mm unless --scan-unit)"),
+    (f"GT/{now.SCAN_LANDMARKS_DIR}/<subject>/*.pp", "its 7 landmarks (MeshLab PickPoints)"),
+    ("PRED/<subject>/<challenge>/<stem>.obj|.ply", "the predicted mesh (any unit, e.g. metres)"),
+    ("PRED/<subject>/<challenge>/<stem>.npy|.txt", "its 7 landmarks, [7, 3] or [1, 7, 3]"),
+])
+_LANDMARK_ORDER = "\n".join(
+    textwrap.wrap("Landmark order (scans and predictions): " + ", ".join(now.LANDMARK_NAMES) + ".", 96))
+
+NOW_DESCRIPTION = f"""\
+The NoW benchmark's scan-to-mesh error of predicted neutral face meshes.
+
+For each image: crop the subject's scan to a sphere around the face (from its 7 landmarks),
+align the predicted mesh by the similarity that maps its 7 landmarks onto the scan's, refine
+rotation, translation and scale to minimise the scan-to-mesh distance, then measure every cropped
+scan vertex's exact distance to the predicted surface. The distances of all images are pooled:
+median, mean and (population) standard deviation in mm, and a cumulative error curve (0-8 mm).
+
+Layout read:
+{_LAYOUT}
+{_LANDMARK_ORDER}
+
+Written to --out (default PRED/{DEFAULT_OUT_NAME}/), all at once when the run succeeds:
+  summary.txt, summary.json (also per image and per challenge), cumulative_error.png and .csv,
+  distances/<subject>/<challenge>/<stem>.npy (float32 mm, one per cropped scan vertex).
+
+Exit codes: 0 done, also when listed images have no prediction (they are counted and reported
+as missing); 1 bad input: an unreadable or inconsistent file (a one-line error names it), no
+prediction at all, or an existing --out without --force; no output is left behind then.
+2 bad usage.
+"""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ringnet_tf.evaluate",
+        description="Evaluate predicted 3D faces against ground truth.")
+    commands = parser.add_subparsers(dest="command", metavar="PROTOCOL", required=True)
+    p = commands.add_parser("now", help="NoW benchmark: scan-to-mesh error (mm)",
+                            description=NOW_DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pred", required=True, type=Path, metavar="DIR",
+                   help="predictions: DIR/<subject>/<challenge>/<image stem>.obj + .npy")
+    p.add_argument("--gt", required=True, type=Path, metavar="DIR",
+                   help=f"NoW ground truth: DIR/{now.SCANS_DIR}/, DIR/{now.SCAN_LANDMARKS_DIR}/ "
+                        "and the image list")
+    p.add_argument("--images", type=Path, metavar="LIST",
+                   help="image list file (default: the list file found in --gt; if none, every "
+                        "prediction found in --pred)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help=f"result folder (default: PRED/{DEFAULT_OUT_NAME}); must not exist")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing result folder (only once the new run has succeeded)")
+    p.add_argument("--scan-unit", choices=sorted(now.SCAN_UNITS_TO_MM), default="mm",
+                   help="unit of the scans and their landmarks (default: mm, as NoW ships them); "
+                        "errors are always reported in mm")
+    p.add_argument("--challenge", choices=now.CHALLENGES,
+                   help="evaluate only this challenge's images")
+    p.add_argument("--fit-points", type=int, default=geometry.DEFAULT_FIT_POINTS, metavar="N",
+                   help="the refinement converges on N evenly spread scan vertices before "
+                        "polishing on all of them (default: %(default)s; 0 = all from the start)")
+    p.add_argument("--quiet", action="store_true", help="no progress line per image")
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def _run_now(args: argparse.Namespace) -> int:
+    pred = args.pred
+    out = args.out if args.out is not None else pred / DEFAULT_OUT_NAME
+    if args.fit_points < 0:
+        return _error("--fit-points must be >= 0")
+    if out.exists() and not args.force:
+        return _error(f"{out}: already exists (a previous result?); use --force to replace it "
+                      f"or --out to write elsewhere")
+    if not pred.is_dir():
+        return _error(f"{pred}: prediction folder not found")
+    created = []  # parent folders we make, removed again if the run fails
+    for parent in reversed(out.absolute().parents):
+        if not parent.exists():
+            try:
+                parent.mkdir()
+            except OSError as err:
+                return _error(f"{parent}: cannot create: {err.strerror or err}")
+            created.append(parent)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.absolute().parent))
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; results are for sharing
+    except OSError as err:
+        _remove_created(created)
+        return _error(f"{out.parent}: cannot write: {err.strerror or err}")
+    config = now.NowConfig(pred_dir=pred, gt_dir=args.gt, images=args.images,
+                           scan_unit=args.scan_unit, challenge=args.challenge,
+                           fit_points=args.fit_points or None, exclude=(out, staging))
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    published = False
+    try:
+        report = now.run_now(config, staging, log)
+        _publish(staging, out, replace=args.force)
+        published = True
+    except now.NowInputError as err:
+        return _error(str(err))
+    except OSError as err:
+        return _error(f"{err.filename or out}: {err.strerror or err}")
+    finally:
+        if not published:
+            shutil.rmtree(staging, ignore_errors=True)
+            _remove_created(created)
+    print(now.format_summary(report))
+    print(f"results written to {out}")
+    return 0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_created(created: list[Path]) -> None:
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def _publish(staging: Path, out: Path, replace: bool) -> None:
+    """Move the finished staging folder to `out` (renames: never a half-written result)."""
+    if out.exists() or out.is_symlink():
+        if not replace:
+            raise now.NowInputError(f"{out}: appeared during the run; results not written")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.absolute().parent))
+        os.replace(out, old / out.name)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "now":
+        try:
+            return _run_now(args)
+        except KeyboardInterrupt:  # the partial output is already removed
+            print("interrupted; nothing written", file=sys.stderr)
+            return 130
+    raise AssertionError(args.command)  # argparse allows only the commands above
+
+
+if __name__ == "__main__":
+    sys.exit(main())
