@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ import tensorflow as tf
 from flame.io import load_flame
 from ringnet_tf import camera
 from ringnet_tf.data import dataset as D
+from ringnet_tf.export import export_saved_model
 from ringnet_tf.data.rings import RingConfig, RingSampler, ring_dataset
 from ringnet_tf.model import ModelConfig, build_ringnet
 from ringnet_tf.trainer import LossConfig, RingNetTrainer
@@ -239,7 +241,9 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
     net.save(out / "ringnet.keras")
     written = [out / "ringnet.keras"]
     if config.export_saved_model:
-        net.export(str(out / "saved_model"), verbose=False)
+        if (out / "saved_model").exists():
+            shutil.rmtree(out / "saved_model")  # this run's own previous export
+        export_saved_model(net, out / "saved_model")
         written.append(out / "saved_model")
     print(f"done: {int(optimizer.iterations.numpy())} steps; wrote {', '.join(map(str, written))}",
           file=stream, flush=True)

@@ -1,0 +1,68 @@
+"""SavedModel export of a trained RingNet network, with serving signatures.
+
+Signatures (any batch size; images already cropped around the face as the shared preprocessing
+does, any height and width: they are resized to the network's input size):
+  serving_default / serve: images [B, H, W, 3] uint8 RGB
+  serve_float:             images [B, H, W, 3] float32 in [-1, 1]
+Both return: params [B, P], cam [B, 3], pose [B, 6], shape [B, S], expression [B, E],
+  flame_pose [B, 15], vertices [B, V, 3], landmarks3d [B, 68, 3], now_landmarks [B, 7, 3],
+  landmarks2d [B, 68, 2] in pixels of the given images (x right, y down).
+And `faces`: no input -> [F, 3] int32 triangles.
+
+A SavedModel exported from a network built with a real FLAME holds FLAME's arrays: FLAME's
+licence forbids redistributing it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from flame import lbs
+from flame.layer import FlameLayer
+from ringnet_tf import camera, preprocess
+
+OUTPUT_KEYS = ("params", "cam", "pose", "shape", "expression", "vertices", "landmarks3d",
+               "now_landmarks")
+
+
+def flame_layer_of(net: keras.Model) -> FlameLayer:
+    layers = [layer for layer in net.layers if isinstance(layer, FlameLayer)]
+    if len(layers) != 1:
+        raise ValueError(f"expected one FlameLayer in the network, found {len(layers)}")
+    return layers[0]
+
+
+def _serve(net: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    """images: [B, H, W, 3] float32 in [-1, 1] -> the documented outputs."""
+    size = net.input_shape[1]
+    in_h, in_w = tf.shape(images)[1], tf.shape(images)[2]
+    resized = tf.image.resize(images, [size, size], method="bilinear", antialias=True)
+    out = net(resized, training=False)
+    result = {k: out[k] for k in OUTPUT_KEYS}
+    result["flame_pose"] = lbs.full_pose(out["pose"])
+    # Network-input pixels -> pixels of the given images (a pure scale per axis).
+    pixels = camera.normalised_to_pixels(out["landmarks2d"], size)
+    result["landmarks2d"] = pixels * tf.cast(tf.stack([in_w, in_h]), tf.float32) / size
+    return result
+
+
+def export_saved_model(net: keras.Model, out_dir: str | os.PathLike) -> Path:
+    """Writes the SavedModel; refuses an existing, non-empty folder."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not empty")
+    faces = flame_layer_of(net).faces
+    archive = keras.export.ExportArchive()
+    archive.track(net)
+    archive.add_endpoint(
+        "serve", lambda images: _serve(net, preprocess.normalise(images)),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    archive.add_endpoint(
+        "serve_float", lambda images: _serve(net, images),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+    archive.add_endpoint("faces", lambda: tf.identity(faces), input_signature=[])
+    archive.write_out(str(out), verbose=False)
+    return out

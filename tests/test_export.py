@@ -1,0 +1,52 @@
+"""SavedModel export: outputs equal the Keras model's, uint8 and float inputs, any batch size."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ringnet_tf import camera, preprocess
+from ringnet_tf.export import export_saved_model
+from ringnet_tf.model import ModelConfig, build_ringnet
+from tests.conftest import make_tiny_model
+
+CONFIG = ModelConfig(image_size=32, backbone="tiny", num_shape=10, num_expression=5)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    net = build_ringnet(make_tiny_model(), CONFIG)
+    path = export_saved_model(net, tmp_path_factory.mktemp("sm") / "model")
+    return net, tf.saved_model.load(str(path))
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_outputs_equal_the_keras_model(exported, batch):
+    net, sm = exported
+    images = np.random.default_rng(batch).integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8)
+    expected = net(preprocess.normalise(images), training=False)
+    for out in (sm.serve(tf.constant(images)), sm.serve_float(tf.constant(preprocess.normalise(images)))):
+        for key in ("params", "vertices", "landmarks3d", "now_landmarks", "shape"):
+            np.testing.assert_allclose(out[key].numpy(), expected[key].numpy(), atol=1e-5, err_msg=key)
+        pixels = camera.normalised_to_pixels(expected["landmarks2d"].numpy(), 32)
+        np.testing.assert_allclose(out["landmarks2d"].numpy(), pixels, atol=1e-4)
+        assert out["flame_pose"].shape == (batch, 15)
+
+
+def test_landmarks_scale_to_the_given_image_size(exported):
+    _, sm = exported
+    small = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    big = tf.image.resize(small, [64, 96], method="nearest").numpy().astype(np.uint8)
+    a, b = sm.serve(tf.constant(small))["landmarks2d"].numpy(), sm.serve(tf.constant(big))["landmarks2d"].numpy()
+    # Same face, 3x wider and 2x taller: landmarks scale per axis (up to resampling differences).
+    np.testing.assert_allclose(b / [3.0, 2.0], a, atol=2.0)
+
+
+def test_faces_and_refusal_to_overwrite(exported, tmp_path):
+    net, sm = exported
+    np.testing.assert_array_equal(sm.faces().numpy(), make_tiny_model().faces)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_saved_model(net, tmp_path / "x")
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
