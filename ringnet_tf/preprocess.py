@@ -27,7 +27,11 @@ CENTRE_SHIFT_UP = 0.1
 
 @dataclasses.dataclass(frozen=True)
 class Box:
-    """A square crop box in source-image pixels: centre (cx, cy) and side length."""
+    """A square crop box in source-image pixels: centre (cx, cy) and side length.
+
+    Coordinates put pixel centres at whole numbers (the first pixel's centre is 0, 0), as the
+    landmarks and the training warp do; the box centre maps to the crop's centre, (n - 1) / 2.
+    """
 
     cx: float
     cy: float
@@ -36,8 +40,9 @@ class Box:
     def affine(self, out_size: int) -> np.ndarray:
         """[2, 3] float64 map from source pixels to pixels of the out_size x out_size crop."""
         s = out_size / self.size
-        return np.array([[s, 0.0, out_size / 2 - s * self.cx],
-                         [0.0, s, out_size / 2 - s * self.cy]])
+        c = (out_size - 1) / 2
+        return np.array([[s, 0.0, c - s * self.cx],
+                         [0.0, s, c - s * self.cy]])
 
 
 def box_from_landmarks(landmarks: np.ndarray, scale: float = CROP_SCALE) -> Box:
@@ -62,7 +67,7 @@ def box_from_detection(left: float, top: float, right: float, bottom: float,
 
 def centre_box(height: int, width: int) -> Box:
     """The original RingNet demo's crop: the image's longer side, centred (padding by replication)."""
-    return Box(width / 2, height / 2, float(max(height, width)))
+    return Box((width - 1) / 2, (height - 1) / 2, float(max(height, width)))
 
 
 def crop(image: np.ndarray, box: Box, out_size: int) -> np.ndarray:

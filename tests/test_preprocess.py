@@ -29,7 +29,10 @@ def test_confidence_passes_through_and_centre_box_matches_ringnet():
     pts = P.transform_points(np.array([[10.0, 20.0, 0.3]]), P.Box(50, 50, 100).affine(224))
     assert pts[0, 2] == 0.3
     box = P.centre_box(300, 400)
-    assert (box.cx, box.cy, box.size) == (200, 150, 400)
+    assert (box.cx, box.cy, box.size) == (199.5, 149.5, 400)
+    # The whole image maps onto the whole crop: corners' pixel centres stay corners.
+    corners = P.transform_points(np.array([[0.0, 0.0], [399.0, 399.0]]), P.Box(199.5, 199.5, 400).affine(224))
+    np.testing.assert_allclose(corners, [[0.0, 0.0], [223.0, 223.0]], atol=0.3)
 
 
 def test_normalise_numpy_and_tf():
