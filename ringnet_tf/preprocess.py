@@ -12,6 +12,8 @@ Without a face box, `centre_box` reproduces the original RingNet demo: the large
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,6 +25,70 @@ CROP_SCALE = 1.6
 DETECTOR_BOX_SCALE = 1.8
 # The box centre sits this fraction of the side above the landmarks' centre, to keep the forehead.
 CENTRE_SHIFT_UP = 0.1
+
+
+# Alpha (transparent) pixels are composited over this grey.
+ALPHA_BACKGROUND = 128.0
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif", ".jp2", ".pbm",
+    ".pgm", ".ppm", ".pnm", ".pxm", ".ras", ".sr", ".exr", ".hdr", ".pic", ".avif", ".heic"})
+
+
+class ImageReadError(ValueError):
+    """An image that cannot be used. kind: "unreadable", "empty" or "not an image"."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, detail: str):
+        super().__init__(f"{path}: {kind}: {detail}")
+        self.path, self.kind, self.detail = str(path), kind, detail
+
+
+def to_rgb8(image: np.ndarray, path: str | os.PathLike = "<image>") -> np.ndarray:
+    """Any decoded OpenCV image (grey, BGR, BGRA; 8/16-bit or float) -> [H, W, 3] uint8 RGB."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+        raise ImageReadError(path, "unreadable", f"unsupported image shape {image.shape}")
+    channels = image.shape[2]
+    if image.dtype == np.uint8 and channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.dtype == np.uint8:
+        x = image.astype(np.float32) / 255.0
+    elif image.dtype == np.uint16:
+        x = image.astype(np.float32) / 65535.0
+    elif np.issubdtype(image.dtype, np.floating):
+        x = np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 1.0)
+    else:
+        raise ImageReadError(path, "unreadable", f"unsupported pixel type {image.dtype}")
+    if channels in (2, 4):  # colour (or grey) with alpha: composite over mid-grey
+        alpha = x[:, :, -1:]
+        x = x[:, :, :-1] * alpha + (ALPHA_BACKGROUND / 255.0) * (1.0 - alpha)
+    if x.shape[2] == 1:
+        x = np.repeat(x, 3, axis=2)
+    else:
+        x = x[:, :, ::-1]  # BGR -> RGB
+    return np.ascontiguousarray(np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image file as [H, W, 3] uint8 RGB: grey, alpha, 16-bit and EXIF-rotated JPEGs
+    included. Raises ImageReadError (naming the file and the problem) when it cannot."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise ImageReadError(path, "unreadable", e.strerror or str(e)) from None
+    if data.size == 0:
+        raise ImageReadError(path, "empty", "0 bytes")
+    if data[:2].tobytes() == b"\xff\xd8":
+        # JPEG: IMREAD_COLOR applies the EXIF orientation (IMREAD_UNCHANGED would not); a JPEG has
+        # no alpha and (almost always) 8 bits, so nothing is lost.
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    else:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+            raise ImageReadError(path, "unreadable", "OpenCV cannot decode it: corrupt or an unsupported format")
+        raise ImageReadError(path, "not an image", "OpenCV cannot decode it")
+    return to_rgb8(image, path)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -134,13 +134,13 @@ def test_mirror_confidence_formula():
 
 def test_pixel_formats_become_8bit_rgb():
     grey16 = np.full((4, 5), 65535, np.uint16)
-    assert P.to_rgb8(grey16).shape == (4, 5, 3) and (P.to_rgb8(grey16) == 255).all()
+    assert preprocess.to_rgb8(grey16).shape == (4, 5, 3) and (preprocess.to_rgb8(grey16) == 255).all()
     bgra = np.zeros((2, 2, 4), np.uint8)
     bgra[..., 0] = 255  # blue
     bgra[0, 0, 3] = 255  # opaque pixel; the others transparent -> mid-grey background
-    rgb = P.to_rgb8(bgra)
+    rgb = preprocess.to_rgb8(bgra)
     assert rgb[0, 0].tolist() == [0, 0, 255] and rgb[1, 1].tolist() == [128, 128, 128]
-    assert P.to_rgb8(np.array([[[0, 0, 200]]], np.uint8)).tolist() == [[[200, 0, 0]]]  # BGR -> RGB
+    assert preprocess.to_rgb8(np.array([[[0, 0, 200]]], np.uint8)).tolist() == [[[200, 0, 0]]]  # BGR -> RGB
 
 
 def test_output_names_avoid_clashes():

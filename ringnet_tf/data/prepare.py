@@ -93,12 +93,9 @@ SKIPPED_NAME = "skipped.csv"
 IMAGES_DIR = "images"
 # What a run owns in --out (what --force deletes).
 OWNED = (D.MANIFEST_NAME, D.META_NAME, SKIPPED_NAME, D.TFRECORD_DIR, IMAGES_DIR, WORK_DIR)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif",
-                  ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".ras", ".sr", ".exr", ".hdr", ".pic",
-                  ".avif", ".heic"}
+IMAGE_SUFFIXES = preprocess.IMAGE_SUFFIXES
 MAX_CANDIDATES = 5  # detections (largest first) whose landmarks are checked
 DUPLICATE_IOU = 0.5
-ALPHA_BACKGROUND = 128.0
 
 # Skip reasons (the `reason` column of skipped.csv).
 R_OUTSIDE = "not in an identity folder"
@@ -190,52 +187,13 @@ class Summary:
 
 # ----------------------------------------------------------------------------- reading images
 
-def to_rgb8(image: np.ndarray) -> np.ndarray:
-    """Any decoded OpenCV image (grey, BGR, BGRA; 8/16-bit or float) -> [H, W, 3] uint8 RGB."""
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
-        raise Skip(R_UNREADABLE, f"unsupported image shape {image.shape}")
-    channels = image.shape[2]
-    if image.dtype == np.uint8 and channels == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.dtype == np.uint8:
-        x = image.astype(np.float32) / 255.0
-    elif image.dtype == np.uint16:
-        x = image.astype(np.float32) / 65535.0
-    elif np.issubdtype(image.dtype, np.floating):
-        x = np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 1.0)
-    else:
-        raise Skip(R_UNREADABLE, f"unsupported pixel type {image.dtype}")
-    if channels in (2, 4):  # colour (or grey) with alpha: composite over mid-grey
-        alpha = x[:, :, -1:]
-        x = x[:, :, :-1] * alpha + (ALPHA_BACKGROUND / 255.0) * (1.0 - alpha)
-    if x.shape[2] == 1:
-        x = np.repeat(x, 3, axis=2)
-    else:
-        x = x[:, :, ::-1]  # BGR -> RGB
-    return np.ascontiguousarray(np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8))
-
-
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as [H, W, 3] uint8 RGB; raises Skip with the reason it can't."""
+    """Reads an image file as [H, W, 3] uint8 RGB (the shared reader); raises Skip with the reason."""
     try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as e:
-        raise Skip(R_UNREADABLE, e.strerror or str(e)) from None
-    if data.size == 0:
-        raise Skip(R_EMPTY, "0 bytes")
-    if data[:2].tobytes() == b"\xff\xd8":
-        # JPEG: IMREAD_COLOR applies the EXIF orientation (IMREAD_UNCHANGED would not); a JPEG has
-        # no alpha and (almost always) 8 bits, so nothing is lost.
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    else:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        if Path(path).suffix.lower() in IMAGE_SUFFIXES:
-            raise Skip(R_UNREADABLE, "OpenCV cannot decode it: corrupt or an unsupported format")
-        raise Skip(R_NOT_IMAGE, "OpenCV cannot decode it")
-    return to_rgb8(image)
+        return preprocess.read_image(path)
+    except preprocess.ImageReadError as e:
+        reason = {"empty": R_EMPTY, "not an image": R_NOT_IMAGE}.get(e.kind, R_UNREADABLE)
+        raise Skip(reason, e.detail) from None
 
 
 # ----------------------------------------------------------------------------- one image
