@@ -1,10 +1,12 @@
 """The one camera of the project: weak perspective, HMR convention, to pixel coordinates.
 
 A point (X, Y, Z) in the model's frame (metres, y up) goes to normalised image coordinates
-x_n = s * (X + tx), y_n = s * (Y + ty) in [-1, 1], then to pixels of a square image of side `size`:
-u = (x_n + 1) * size / 2 (right), v = (1 - y_n) * size / 2 (down: image rows grow downwards while
-FLAME's y grows upwards). Depth is ignored by the projection; renderers use Z for visibility
-(larger Z is nearer the camera, which looks along -Z).
+x_n = s * (X + tx), y_n = s * (Y + ty) in [-1, 1] across the image, then to pixels of a square
+image of side `size`: u = (x_n + 1) * size / 2 - 0.5 (right), v = (1 - y_n) * size / 2 - 0.5 (down:
+image rows grow downwards while FLAME's y grows upwards). Pixel coordinates put pixel centres at
+whole numbers (the first pixel's centre is (0, 0), the image spans -0.5 .. size - 0.5), the
+convention of the dataset's landmarks, the crop and the training warp. Depth is ignored by the
+projection; renderers use Z for visibility (larger Z is nearer the camera, which looks along -Z).
 
 Written with plain arithmetic and slicing only, so the same functions serve NumPy arrays (data
 generation, rendering) and TF tensors (the model, the losses).
@@ -31,7 +33,7 @@ def project_normalised(points, cam):
 
 def normalised_to_pixels(normalised, image_size: float):
     """[..., 2] normalised coordinates (y up) to pixels (u right, v down) of a square image."""
-    return (normalised * _AXIS_SIGN + 1.0) * (0.5 * image_size)
+    return (normalised * _AXIS_SIGN + 1.0) * (0.5 * image_size) - 0.5
 
 
 def project(points, cam, image_size: float):
@@ -41,4 +43,4 @@ def project(points, cam, image_size: float):
 
 def pixels_to_normalised(pixels, image_size: float):
     """[..., 2] pixels (u right, v down) to normalised coordinates with y up, in [-1, 1]."""
-    return (pixels / (0.5 * image_size) - 1.0) * _AXIS_SIGN
+    return ((pixels + 0.5) / (0.5 * image_size) - 1.0) * _AXIS_SIGN

@@ -43,9 +43,10 @@ def _serve(net: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
     out = net(resized, training=False)
     result = {k: out[k] for k in OUTPUT_KEYS}
     result["flame_pose"] = lbs.full_pose(out["pose"])
-    # Network-input pixels -> pixels of the given images (a pure scale per axis).
+    # Network-input pixels -> pixels of the given images: a scale per axis about the image's
+    # edge (-0.5 with pixel centres at whole numbers).
     pixels = camera.normalised_to_pixels(out["landmarks2d"], size)
-    result["landmarks2d"] = pixels * tf.cast(tf.stack([in_w, in_h]), tf.float32) / size
+    result["landmarks2d"] = (pixels + 0.5) * tf.cast(tf.stack([in_w, in_h]), tf.float32) / size - 0.5
     return result
 
 

@@ -10,9 +10,12 @@ from ringnet_tf.camera import pixels_to_normalised, project
 def test_hand_worked_projection():
     points = np.array([[0.0, 0.0, 0.3], [0.1, 0.2, -1.0]])
     cam = np.array([2.0, 0.05, -0.1])
-    # x_n = 2 * (0 + 0.05) = 0.1 -> u = 1.1 * 112 = 123.2; y_n = 2 * (0 - 0.1) = -0.2 -> v = 1.2 * 112
-    # x_n = 2 * 0.15 = 0.3 -> u = 145.6; y_n = 2 * 0.1 = 0.2 -> v = 0.8 * 112 = 89.6 (up is smaller v)
-    np.testing.assert_allclose(project(points, cam, 224), [[123.2, 134.4], [145.6, 89.6]], atol=1e-4)
+    # x_n = 2 * (0 + 0.05) = 0.1 -> u = 1.1 * 112 - 0.5 = 122.7; y_n = 2 * (0 - 0.1) = -0.2 ->
+    # v = 1.2 * 112 - 0.5 = 133.9; x_n = 2 * 0.15 = 0.3 -> u = 145.1; y_n = 0.2 -> v = 89.1 (up is
+    # smaller v). Pixel centres at whole numbers: the image spans -0.5 .. 223.5.
+    np.testing.assert_allclose(project(points, cam, 224), [[122.7, 133.9], [145.1, 89.1]], atol=1e-4)
+    corners = project(np.array([[-1.0, 1.0, 0.0], [1.0, -1.0, 0.0]]), np.array([1.0, 0.0, 0.0]), 224)
+    np.testing.assert_allclose(corners, [[-0.5, -0.5], [223.5, 223.5]])
 
 
 def test_numpy_and_tf_agree_with_batches():

@@ -39,7 +39,7 @@ def test_landmarks_scale_to_the_given_image_size(exported):
     big = tf.image.resize(small, [64, 96], method="nearest").numpy().astype(np.uint8)
     a, b = sm.serve(tf.constant(small))["landmarks2d"].numpy(), sm.serve(tf.constant(big))["landmarks2d"].numpy()
     # Same face, 3x wider and 2x taller: landmarks scale per axis (up to resampling differences).
-    np.testing.assert_allclose(b / [3.0, 2.0], a, atol=2.0)
+    np.testing.assert_allclose((b + 0.5) / [3.0, 2.0] - 0.5, a, atol=2.0)
 
 
 def test_faces_and_refusal_to_overwrite(exported, tmp_path):
