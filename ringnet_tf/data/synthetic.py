@@ -48,9 +48,11 @@ class SynthConfig:
     max_pitch_deg: float = 20.0
     max_roll_deg: float = 15.0
     max_jaw_deg: float = 20.0
-    # Head height (chin to crown, ~0.22 m) as a fraction of the image side.
-    head_fraction: tuple[float, float] = (0.55, 0.75)
-    max_offset: float = 0.08  # centre offset, fraction of the image side
+    # Framing: the image is the shared preprocessing's crop box around the 68 projected landmarks
+    # (as real photos are cropped), jittered like a face detector: side * (1 +- max_box_scale),
+    # centre moved by up to max_box_shift of the side.
+    max_box_scale: float = 0.1
+    max_box_shift: float = 0.05
     image_format: str = "jpg"  # jpg (quality 95) or png
 
     def __post_init__(self) -> None:
@@ -102,7 +104,7 @@ def _identity_draws(cfg: SynthConfig, ident: int, num_vertices: int, masks: dict
 
 
 def _image_draws(cfg: SynthConfig, ident: int, k: int):
-    """Per image: expression [E], pose [15], cam [3], light, and a render/noise seed."""
+    """Per image: expression [E], pose [15], box jitter [3], light, shading, a render/noise seed."""
     rng = np.random.default_rng([cfg.seed, ident, k + 1])
     expression = cfg.expression_std * rng.standard_normal(cfg.num_expression) * rng.uniform(0.2, 1.0)
     pose = np.zeros(C.FULL_POSE_DIM)
@@ -110,13 +112,27 @@ def _image_draws(cfg: SynthConfig, ident: int, k: int):
                                  rng.uniform(-cfg.max_pitch_deg, cfg.max_pitch_deg),
                                  rng.uniform(-cfg.max_roll_deg, cfg.max_roll_deg))
     pose[6] = np.radians(rng.uniform(0.0, cfg.max_jaw_deg) * rng.uniform() ** 2)  # mostly closed
-    head_height_norm = 2.0 * rng.uniform(*cfg.head_fraction)
-    scale = head_height_norm / 0.22
-    offset = rng.uniform(-cfg.max_offset, cfg.max_offset, 2) * 2.0 / scale  # in model units
-    cam = np.array([scale, offset[0], offset[1]])
+    jitter = np.array([rng.uniform(-cfg.max_box_scale, cfg.max_box_scale),
+                       *rng.uniform(-cfg.max_box_shift, cfg.max_box_shift, 2)])
     light = np.array([rng.uniform(-1, 1), rng.uniform(-0.3, 1), rng.uniform(0.5, 2.0)])
     shading = (rng.uniform(0.25, 0.55), rng.uniform(0.5, 0.9))
-    return expression, pose, cam, light, shading, int(rng.integers(2**31))
+    return expression, pose, jitter, light, shading, int(rng.integers(2**31))
+
+
+def framing_camera(landmarks3d: np.ndarray, jitter: np.ndarray = np.zeros(3)) -> np.ndarray:
+    """The weak-perspective camera whose image is the crop box of the projected landmarks.
+
+    landmarks3d: [68, 3] posed landmarks (model frame); jitter: (relative size change, x shift,
+    y shift as fractions of the side). Returns cam [3] = (s, tx, ty): the box (in model units,
+    y down, as `preprocess.box_from_landmarks` sees pixels) spans the image, its centre in the middle.
+    """
+    from ringnet_tf.preprocess import box_from_landmarks
+
+    box = box_from_landmarks(landmarks3d[:, :2] * np.array([1.0, -1.0]))
+    side = box.size * (1.0 + jitter[0])
+    cx, cy = box.cx + jitter[1] * box.size, box.cy + jitter[2] * box.size
+    # x_n = s (X + tx) is 0 at X = cx and spans [-1, 1] over the side; model Y = -cy likewise.
+    return np.array([2.0 / side, -cx, cy])
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -217,15 +233,16 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig, flame_model: str | No
                     neutral.append(verts[-1])
                     for k, d in enumerate(draws):
                         rel = f"images/s{cfg.seed}_{i:05d}/{k:04d}.{cfg.image_format}"
-                        jobs.append((str(tmp), rel, verts[k], model.faces, lms[k], albedo, d[2], d[3],
+                        cam = framing_camera(lms[k], d[2])
+                        jobs.append((str(tmp), rel, verts[k], model.faces, lms[k], albedo, cam, d[3],
                                      d[4], d[5], cfg.size, cfg.image_format))
-                        meta.append((f"s{cfg.seed}_{i:05d}", shape, d))
-                for (rel, lm), (ident, shape, d) in zip(pool.imap(_render_job, jobs, chunksize=4), meta):
+                        meta.append((f"s{cfg.seed}_{i:05d}", shape, d, cam))
+                for (rel, lm), (ident, shape, d, cam) in zip(pool.imap(_render_job, jobs, chunksize=4), meta):
                     records.append(D.Record(rel, ident, lm))
                     gt_rows["shape"].append(shape)
                     gt_rows["expression"].append(d[0])
                     gt_rows["pose"].append(d[1])
-                    gt_rows["cam"].append(d[2])
+                    gt_rows["cam"].append(cam)
                     if progress and (len(records) % 20 == 0 or len(records) == total):
                         _progress(len(records), total, start)
         D.write_manifest(tmp, records)
