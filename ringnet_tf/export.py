@@ -7,7 +7,9 @@ does, any height and width: they are resized to the network's input size):
 Both return: params [B, P], cam [B, 3], pose [B, 6], shape [B, S], expression [B, E],
   flame_pose [B, 15], vertices [B, V, 3], landmarks3d [B, 68, 3], now_landmarks [B, 7, 3],
   landmarks2d [B, 68, 2] in pixels of the given images (x right, y down).
-And `faces`: no input -> [F, 3] int32 triangles.
+And `faces`: no input -> [F, 3] int32 triangles; `image_size`: no input -> the network's input side;
+`neutral`: shape [B, S] -> vertices [B, V, 3] and now_landmarks [B, 7, 3] of FLAME(shape, 0, 0)
+(the neutral mesh NoW evaluates).
 
 A SavedModel exported from a network built with a real FLAME holds FLAME's arrays: FLAME's
 licence forbids redistributing it.
@@ -50,12 +52,19 @@ def _serve(net: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
     return result
 
 
+def _neutral(flame: FlameLayer, shape: tf.Tensor) -> dict[str, tf.Tensor]:
+    batch = tf.shape(shape)[0]
+    out = flame(shape, tf.zeros([batch, flame.num_expression]), tf.zeros([batch, 6]))
+    return {"vertices": out["vertices"], "now_landmarks": out["now_landmarks"]}
+
+
 def export_saved_model(net: keras.Model, out_dir: str | os.PathLike) -> Path:
     """Writes the SavedModel; refuses an existing, non-empty folder."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty")
-    faces = flame_layer_of(net).faces
+    flame = flame_layer_of(net)
+    faces = flame.faces
     archive = keras.export.ExportArchive()
     archive.track(net)
     archive.add_endpoint(
@@ -65,5 +74,9 @@ def export_saved_model(net: keras.Model, out_dir: str | os.PathLike) -> Path:
         "serve_float", lambda images: _serve(net, images),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     archive.add_endpoint("faces", lambda: tf.identity(faces), input_signature=[])
+    archive.add_endpoint("image_size", lambda: tf.constant(net.input_shape[1], tf.int32), input_signature=[])
+    archive.add_endpoint(
+        "neutral", lambda shape: _neutral(flame, shape),
+        input_signature=[tf.TensorSpec([None, flame.num_shape], tf.float32, name="shape")])
     archive.write_out(str(out), verbose=False)
     return out

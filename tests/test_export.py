@@ -50,3 +50,14 @@ def test_faces_and_refusal_to_overwrite(exported, tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         export_saved_model(net, tmp_path / "x")
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_neutral_endpoint_is_flame_with_zero_expression_and_pose(exported):
+    net, sm = exported
+    shape = np.random.default_rng(3).normal(size=(2, 10)).astype(np.float32)
+    from ringnet_tf.export import flame_layer_of
+    flame = flame_layer_of(net)
+    expected = flame(tf.constant(shape), tf.zeros((2, 5)), tf.zeros((2, 6)))
+    got = sm.neutral(tf.constant(shape))
+    np.testing.assert_allclose(got["vertices"].numpy(), expected["vertices"].numpy(), atol=1e-6)
+    assert int(sm.image_size().numpy()) == 32

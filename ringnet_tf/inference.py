@@ -1,0 +1,169 @@
+"""Loading a trained RingNet for inference, and the compact checkpoint format.
+
+Three sources, one interface (`Predictor`):
+- a training run directory (`train.py --out`): `config.json` + `ringnet.keras`;
+- a compact checkpoint directory (what `checkpoints/` ships): `config.json` + `weights.npz`, the
+  network's weights without the FLAME arrays (float16 by default), which are rebuilt from the head
+  model and checked against the recorded fingerprint;
+- a SavedModel (`export.py`, or `saved_model/` of a run).
+A checkpoint trained with one head model refuses to run with another (fingerprint check).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flame.fileutil import atomic_write
+
+COMPACT_WEIGHTS = "weights.npz"
+CONFIG_NAME = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line naming it."""
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / CONFIG_NAME).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {CONFIG_NAME}: not a RingNet checkpoint") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / CONFIG_NAME}: not valid JSON ({e})") from None
+
+
+def _check_fingerprint(path: Path, config: dict[str, Any], flame) -> None:
+    want = config.get("flame_fingerprint")
+    if want != flame.fingerprint():
+        raise CheckpointError(
+            f"{path} was trained with head model {want}, but {flame.source} is {flame.fingerprint()}: "
+            f"use the head model it was trained with (--flame_model), or a checkpoint trained on yours")
+
+
+def _stored_weights(net) -> list:
+    """The network's weights in order, without the FLAME layer's (rebuilt from the head model)."""
+    from ringnet_tf.export import flame_layer_of
+
+    skip = {id(w) for w in flame_layer_of(net).weights}
+    return [w for w in net.weights if id(w) not in skip]
+
+
+def save_compact(net, model_config: dict[str, Any], flame_fingerprint: str, out_dir: str | os.PathLike,
+                 dtype: str = "float16", extra: dict[str, Any] | None = None) -> Path:
+    """Writes config.json and weights.npz (every weight but FLAME's arrays, cast to `dtype`)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = _stored_weights(net)
+    # Keyed by position: Keras' automatic layer names depend on what else a process has built.
+    arrays = {f"w{i:04d}": np.asarray(w.numpy()).astype(dtype) for i, w in enumerate(weights)}
+    atomic_write(out / COMPACT_WEIGHTS, lambda f: np.savez_compressed(f, **arrays))
+    config = {"model": model_config, "flame_fingerprint": flame_fingerprint, "weights_dtype": dtype,
+              **(extra or {})}
+    atomic_write(out / CONFIG_NAME, lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode()))
+    return out
+
+
+class Predictor:
+    """Runs a network on crops. `predict(crops)` with crops [B, S, S, 3] uint8 returns NumPy arrays:
+    params, cam [B, 3], pose [B, 6], shape, expression, flame_pose [B, 15], vertices [B, V, 3],
+    landmarks3d [B, 68, 3], now_landmarks [B, 7, 3], landmarks2d [B, 68, 2] (crop pixels).
+    `neutral(shape)` gives FLAME(shape, 0, 0): vertices [B, V, 3], now_landmarks [B, 7, 3].
+    """
+
+    image_size: int
+    faces: np.ndarray
+    flame_layer: Any
+    source: str
+
+    def predict(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def neutral(self, shape: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class KerasPredictor(Predictor):
+    def __init__(self, net, source: str):
+        import tensorflow as tf
+
+        from ringnet_tf.export import _serve, flame_layer_of
+        from ringnet_tf.preprocess import normalise
+
+        self.net, self.source = net, source
+        self.image_size = int(net.input_shape[1])
+        self.flame_layer = flame_layer_of(net)
+        self.faces = self.flame_layer.faces_numpy()
+        self._fn = tf.function(lambda x: _serve(net, normalise(x)))
+
+    def predict(self, crops):
+        return {k: v.numpy() for k, v in self._fn(np.asarray(crops, np.uint8)).items()}
+
+    def neutral(self, shape):
+        import tensorflow as tf
+
+        b = len(shape)
+        out = self.flame_layer(tf.constant(shape, tf.float32),
+                               tf.zeros((b, self.flame_layer.num_expression)), tf.zeros((b, 6)))
+        return {"vertices": out["vertices"].numpy(), "now_landmarks": out["now_landmarks"].numpy()}
+
+
+class SavedModelPredictor(Predictor):
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        self.source = str(path)
+        self.sm = tf.saved_model.load(str(path))
+        if not hasattr(self.sm, "serve") or not hasattr(self.sm, "neutral"):
+            raise CheckpointError(f"{path}: a SavedModel without RingNet's serve/neutral endpoints")
+        self.faces = self.sm.faces().numpy().astype(np.int64)
+        self.image_size = int(self.sm.image_size().numpy())
+        self.flame_layer = None
+
+    def predict(self, crops):
+        return {k: v.numpy() for k, v in self.sm.serve(np.asarray(crops, np.uint8)).items()}
+
+    def neutral(self, shape):
+        return {k: v.numpy() for k, v in self.sm.neutral(np.asarray(shape, np.float32)).items()}
+
+
+def load_predictor(path: str | os.PathLike, flame_model: str | None = None) -> Predictor:
+    """A Predictor from a run directory, a compact checkpoint or a SavedModel (see module doc)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: does not exist")
+    if (path / "saved_model.pb").exists():
+        return SavedModelPredictor(path)
+    import keras
+
+    from flame.io import load_flame
+    from ringnet_tf.model import ModelConfig, build_ringnet
+
+    config = _read_config(path)
+    flame = load_flame(flame_model)
+    _check_fingerprint(path, config, flame)
+    if (path / "ringnet.keras").exists():
+        net = keras.models.load_model(path / "ringnet.keras")
+        return KerasPredictor(net, str(path))
+    if not (path / COMPACT_WEIGHTS).exists():
+        raise CheckpointError(f"{path}: holds neither ringnet.keras nor {COMPACT_WEIGHTS}")
+    try:
+        model_config = ModelConfig(**{**config["model"], "backbone_weights": "none"})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / CONFIG_NAME}: bad model config ({e})") from None
+    net = build_ringnet(flame, model_config)
+    weights = _stored_weights(net)
+    with np.load(path / COMPACT_WEIGHTS) as data:
+        if len(data.files) != len(weights):
+            raise CheckpointError(f"{path / COMPACT_WEIGHTS}: {len(data.files)} weights, the network "
+                                  f"described by its config has {len(weights)}")
+        for i, w in enumerate(weights):
+            value = data[f"w{i:04d}"]
+            if value.shape != tuple(w.shape):
+                raise CheckpointError(f"{path / COMPACT_WEIGHTS}: weight {i} ({w.path}) has shape "
+                                      f"{value.shape}, the network {tuple(w.shape)}")
+            w.assign(value.astype(w.dtype))
+    return KerasPredictor(net, str(path))
