@@ -92,3 +92,13 @@ def test_checkpoint_of_another_head_model_is_refused(setup, tmp_path, capsys):
     assert code == 2
     assert "trained with head model" in capsys.readouterr().err
     assert not (tmp_path / "x.obj").exists()
+
+
+def test_export_command_round_trip(setup, tmp_path, capsys):
+    import export
+    args = ["--checkpoint", str(setup / "ckpt"), "--flame_model", str(setup / "flame")]
+    assert export.main(args + ["--out", str(tmp_path / "sm")]) == 0
+    assert export.main(args + ["--out", str(tmp_path / "sm")]) == 2  # never over an existing one
+    assert "not empty" in capsys.readouterr().err
+    assert demo.main(["--saved_model", str(tmp_path / "sm"), "--img", str(PHOTO),
+                      "--out", str(tmp_path / "c.obj")]) == 0
