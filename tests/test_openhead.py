@@ -1,0 +1,493 @@
+"""Tests of the open head (flame/openhead.py): a FLAME-format head model generated from code.
+
+They check behaviour against independent truth: FLAME's file layout read with plain pickle, the
+smplx reference layer (when installed), a small NumPy linear blend skinning written here, and
+anatomy (where landmarks and joints must be). The model is built once per module (a few seconds).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from flame import constants as C
+from flame import openhead
+from flame.model import (DYNAMIC_EMBEDDING_FILENAME, MODEL_FILENAME, STATIC_EMBEDDING_FILENAME,
+                         save_flame_files)
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = (MODEL_FILENAME, STATIC_EMBEDDING_FILENAME, DYNAMIC_EMBEDDING_FILENAME)
+
+
+@pytest.fixture(scope="module")
+def built():
+    start = time.perf_counter()
+    model = openhead.build_open_head()
+    return model, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def model(built):
+    return built[0]
+
+
+@pytest.fixture(scope="module")
+def written(model, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("openhead")
+    save_flame_files(model, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def masks(model):
+    return openhead.region_masks(model)
+
+
+# --- a small independent forward pass (FLAME's LBS, written from its definition) -------------
+def rodrigues(axis_angle) -> np.ndarray:
+    aa = np.asarray(axis_angle, float)
+    angle = np.linalg.norm(aa)
+    if angle < 1e-12:
+        return np.eye(3)
+    k = aa / angle
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * kx + (1 - np.cos(angle)) * kx @ kx
+
+
+def forward(m, betas=(), expression=(), pose=None):
+    """Posed vertices [V, 3] and joints [5, 3] of a FlameModel."""
+    v = m.v_template.copy()
+    if len(betas):
+        v += m.shapedirs[:, :, :len(betas)] @ np.asarray(betas, float)
+    if len(expression):
+        v += m.exprdirs[:, :, :len(expression)] @ np.asarray(expression, float)
+    joints = m.j_regressor @ v
+    pose = np.zeros(C.FULL_POSE_DIM) if pose is None else np.asarray(pose, float)
+    rots = np.stack([rodrigues(pose[3 * i:3 * i + 3]) for i in range(C.NUM_JOINTS)])
+    v = v + m.posedirs @ (rots[1:] - np.eye(3)).ravel()
+    world = np.zeros((C.NUM_JOINTS, 4, 4))
+    for i, parent in enumerate(m.parents):
+        local = np.eye(4)
+        local[:3, :3] = rots[i]
+        local[:3, 3] = joints[i] - (joints[parent] if parent >= 0 else 0.0)
+        world[i] = local if parent < 0 else world[parent] @ local
+    skin = world.copy()
+    skin[:, :3, 3] -= np.einsum("jab,jb->ja", world[:, :3, :3], joints)
+    per_vertex = np.einsum("vj,jab->vab", m.weights, skin)
+    posed = np.einsum("vab,vb->va", per_vertex[:, :3, :3], v) + per_vertex[:, :3, 3]
+    return posed, world[:, :3, 3]
+
+
+def barycentric_points(verts, faces, face_idx, bary):
+    return np.einsum("...k,...kc->...c", bary, verts[faces[face_idx]])
+
+
+def static_landmarks(m, verts=None):
+    verts = m.v_template if verts is None else verts
+    return barycentric_points(verts, m.faces, m.static_lmk_faces, m.static_lmk_bary)
+
+
+def ibug(points51, i):
+    """Static landmark by its iBUG-68 index (17..67)."""
+    return points51[i - C.NUM_CONTOUR_LANDMARKS]
+
+
+# --- determinism, size, files -------------------------------------------------------------------
+def test_two_builds_are_identical(model):
+    again = openhead.build_open_head()
+    assert again.fingerprint() == model.fingerprint()
+    for name in ("faces", "static_lmk_faces", "dynamic_lmk_faces"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(model, name), err_msg=name)
+    for name in ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "weights",
+                 "static_lmk_bary", "dynamic_lmk_bary"):
+        np.testing.assert_allclose(getattr(again, name), getattr(model, name), rtol=0,
+                                   atol=1e-12, err_msg=name)
+
+
+def test_written_files_are_byte_identical_across_writes(model, written, tmp_path):
+    save_flame_files(model, tmp_path)
+    for name in FILES:
+        assert (tmp_path / name).read_bytes() == (written / name).read_bytes(), name
+
+
+def test_build_is_fast(built):
+    _, seconds = built
+    assert seconds < 60.0  # a few seconds normally; this guards against pathological slowdowns
+
+
+def test_size_and_finite(model):
+    assert 4000 <= model.num_vertices <= 10000
+    assert model.num_faces > model.num_vertices
+    for name in ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "weights",
+                 "static_lmk_bary", "dynamic_lmk_bary"):
+        assert np.all(np.isfinite(getattr(model, name))), name
+    assert model.faces.min() == 0 and model.faces.max() == model.num_vertices - 1
+    assert len(np.unique(model.faces)) == model.num_vertices  # no unused vertex
+    tri = model.v_template[model.faces]
+    area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1) / 2
+    assert area.min() > 0.0  # no degenerate triangle
+
+
+def test_files_have_flames_layout(model, written):
+    with open(written / MODEL_FILENAME, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    v = model.num_vertices
+    expect = {"v_template": (v, 3), "f": (model.num_faces, 3), "shapedirs": (v, 3, 400),
+              "posedirs": (v, 3, 36), "weights": (v, 5), "kintree_table": (2, 5)}
+    for key, shape in expect.items():
+        assert d[key].shape == shape, key
+    assert d["v_template"].dtype == np.float64 and d["shapedirs"].dtype == np.float64
+    assert np.issubdtype(d["f"].dtype, np.integer)
+    assert scipy.sparse.issparse(d["J_regressor"]) and d["J_regressor"].shape == (5, v)
+    assert list(d["kintree_table"][1]) == [0, 1, 2, 3, 4]
+    assert list(d["kintree_table"][0][1:]) == [0, 1, 1, 1]
+    with open(written / STATIC_EMBEDDING_FILENAME, "rb") as f:
+        s = pickle.load(f, encoding="latin1")
+    assert s["lmk_face_idx"].shape == (51,) and s["lmk_b_coords"].shape == (51, 3)
+    dyn = np.load(written / DYNAMIC_EMBEDDING_FILENAME, allow_pickle=True, encoding="latin1")[()]
+    assert dyn["lmk_face_idx"].shape == (79, 17) and dyn["lmk_b_coords"].shape == (79, 17, 3)
+
+
+def test_smplx_flame_loads_the_files(model, written, tmp_path):
+    torch = pytest.importorskip("torch")
+    smplx = pytest.importorskip("smplx")
+    for name in FILES:
+        target = "FLAME_NEUTRAL.pkl" if name == MODEL_FILENAME else name
+        os.symlink(written / name, tmp_path / target)
+    layer = smplx.FLAME(model_path=str(tmp_path), num_betas=300, num_expression_coeffs=100,
+                        use_face_contour=True, dtype=torch.float64)
+    np.testing.assert_allclose(layer.v_template.numpy(), model.v_template, atol=1e-12)
+    rng = np.random.default_rng(0)
+    betas, expr = rng.normal(size=300), rng.normal(size=100)
+    pose = np.zeros(15)
+    pose[0:3] = [0.1, -0.3, 0.05]
+    pose[3:6] = [0.2, 0.1, 0.0]
+    pose[6:9] = [0.25, 0.0, 0.0]
+    pose[9:12] = [0.0, 0.3, 0.0]
+    pose[12:15] = [0.1, -0.2, 0.0]
+    t = lambda a: torch.tensor(np.asarray(a)[None], dtype=torch.float64)  # noqa: E731
+    with torch.no_grad():
+        out = layer(betas=t(betas), expression=t(expr), global_orient=t(pose[0:3]),
+                    neck_pose=t(pose[3:6]), jaw_pose=t(pose[6:9]), leye_pose=t(pose[9:12]),
+                    reye_pose=t(pose[12:15]), transl=t(np.zeros(3)))
+    ours, _ = forward(model, betas, expr, pose)
+    # (smplx's Rodrigues adds 1e-8 to the angle: agreement to a tenth of a micron)
+    np.testing.assert_allclose(out.vertices[0].numpy(), ours, atol=1e-7)
+    # smplx appends the 51 static and 17 contour landmarks to the 5 joints
+    lmk = out.joints[0, 5:].numpy()
+    np.testing.assert_allclose(lmk[:51], static_landmarks(model, ours), atol=1e-7)
+    assert lmk.shape == (68, 3)
+
+
+# --- blend shapes -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,count", [("shapedirs", 300), ("exprdirs", 100)])
+def test_components_ordered_by_variance(model, name, count):
+    dirs = getattr(model, name)
+    assert dirs.shape == (model.num_vertices, 3, count)
+    flat = dirs.reshape(-1, count)
+    norms = np.linalg.norm(flat, axis=0)
+    assert np.all(norms > 0)
+    assert np.all(np.diff(norms) <= 1e-12)
+    gram = flat.T @ flat
+    off = gram - np.diag(np.diag(gram))
+    assert np.abs(off).max() < 1e-9 * norms[0] ** 2  # principal components: orthogonal
+
+
+def test_identity_gives_plausible_different_heads(model, masks):
+    rng = np.random.default_rng(1)
+    face = masks["face"]
+    sizes = []
+    for _ in range(8):
+        v = model.v_template + model.shapedirs @ rng.normal(size=300)
+        change = np.linalg.norm(v - model.v_template, axis=1)
+        assert 0.002 < np.median(change[face]) < 0.02  # clearly different, not monstrous
+        sizes.append(np.ptp(v[masks["skin"]][:, 1]))
+    assert np.std(sizes) > 0.001
+
+
+def test_shape_and_expression_keep_eyeballs_rigid_and_mouth_closed(model, masks):
+    for dirs, identity in ((model.shapedirs, True), (model.exprdirs, False)):
+        for eye in ("left_eyeball", "right_eyeball"):
+            d = dirs[masks[eye]]  # [Ne, 3, K]
+            np.testing.assert_allclose(d, np.broadcast_to(d[:1], d.shape), atol=1e-12)
+            if not identity:
+                assert np.abs(d).max() < 1e-12
+        if not identity:
+            continue  # expressions may part the lips
+        # the two copies of each slit vertex move together: the mouth stays closed
+        v = model.v_template
+        upper = np.flatnonzero(masks["upper_lip"])
+        lower = np.flatnonzero(masks["lower_lip"])
+        dist = np.linalg.norm(v[upper][:, None] - v[lower][None], axis=2)
+        i, j = np.nonzero(dist < 1e-12)
+        assert len(i) >= 10
+        np.testing.assert_allclose(dirs[upper[i]], dirs[lower[j]], atol=1e-12)
+
+
+# --- rig ----------------------------------------------------------------------------------------
+def test_regressor_and_weights(model, masks):
+    reg, w = model.j_regressor, model.weights
+    assert reg.min() >= 0 and np.allclose(reg.sum(axis=1), 1)
+    assert w.min() >= 0 and np.allclose(w.sum(axis=1), 1)
+    np.testing.assert_array_equal(model.parents, C.PARENTS)
+    j = reg @ model.v_template
+    left_eye = model.v_template[masks["left_eyeball"]].mean(axis=0)
+    right_eye = model.v_template[masks["right_eyeball"]].mean(axis=0)
+    np.testing.assert_allclose(j[C.LEFT_EYE], left_eye, atol=1e-9)
+    np.testing.assert_allclose(j[C.RIGHT_EYE], right_eye, atol=1e-9)
+    assert j[C.LEFT_EYE, 0] > 0 > j[C.RIGHT_EYE, 0]
+    assert np.allclose(j[:3, 0], 0, atol=1e-9)  # root, neck and jaw on the midline
+    assert j[C.ROOT, 1] < j[C.NECK, 1] < j[C.JAW, 1] < j[C.LEFT_EYE, 1]
+    # jaw joint between the ears, behind the face, level with the ear region
+    ears = model.v_template[masks["ears"]]
+    assert ears[:, 1].min() < j[C.JAW, 1] < ears[:, 1].max()
+    assert j[C.JAW, 2] < left_eye[2] - 0.04
+    # eyeballs hang on their eye joint only, and nothing else does
+    assert np.all(w[masks["left_eyeball"], C.LEFT_EYE] == 1)
+    assert np.all(w[masks["right_eyeball"], C.RIGHT_EYE] == 1)
+    others = ~(masks["left_eyeball"] | masks["right_eyeball"])
+    assert np.all(w[others][:, [C.LEFT_EYE, C.RIGHT_EYE]] == 0)
+    # the neck bottom is on the root, the crown on the neck joint
+    v = model.v_template
+    assert np.all(w[v[:, 1] < v[:, 1].min() + 0.005, C.ROOT] > 0.9)
+    assert np.all(w[v[:, 1] > v[:, 1].max() - 0.03, C.NECK] == 1)
+
+
+def test_pose_correctives(model):
+    pd = model.posedirs.reshape(-1, 36)
+    assert np.abs(pd[:, 18:]).max() == 0  # eye features have no correctives
+    assert np.abs(pd[:, 9:18]).max() > 0 and np.abs(pd[:, :9]).max() > 0
+    assert np.abs(pd).max() < 0.02  # small: centimetres per unit of (R - I)
+
+
+def test_jaw_rotation_opens_the_mouth(model, masks):
+    rest, _ = forward(model)
+    pose = np.zeros(15)
+    pose[6] = 0.3  # jaw about +x
+    posed, _ = forward(model, pose=pose)
+    lm0, lm1 = static_landmarks(model, rest), static_landmarks(model, posed)
+    for i in (65, 66, 67):  # lower inner lip goes down
+        assert ibug(lm1, i)[1] < ibug(lm0, i)[1] - 0.01
+    for i in (61, 62, 63):  # upper inner lip stays
+        assert np.linalg.norm(ibug(lm1, i) - ibug(lm0, i)) < 0.001
+    assert ibug(lm1, 62)[1] - ibug(lm1, 66)[1] > 0.015  # the mouth is open
+    move = np.linalg.norm(posed - rest, axis=1)
+    assert move[masks["lower_lip"]].min() > 0.005
+    assert move[masks["upper_lip"]].max() < 0.002
+    still = masks["nose"] | masks["left_eyeball"] | masks["right_eyeball"] | masks["eyebrows"]
+    assert move[still].max() < 1e-9
+
+
+@pytest.mark.parametrize("joint,eye,other", [(C.LEFT_EYE, "left_eyeball", "right_eyeball"),
+                                             (C.RIGHT_EYE, "right_eyeball", "left_eyeball")])
+def test_eye_rotation_turns_only_its_eyeball(model, masks, joint, eye, other):
+    rest, joints = forward(model)
+    pose = np.zeros(15)
+    pose[3 * joint:3 * joint + 3] = [0.1, 0.4, 0.0]
+    posed, _ = forward(model, pose=pose)
+    move = np.linalg.norm(posed - rest, axis=1)
+    assert move[~masks[eye]].max() < 1e-12
+    assert move[masks[eye]].max() > 0.004
+    # a rotation about the eyeball centre: distances to it are kept
+    r0 = np.linalg.norm(rest[masks[eye]] - joints[joint], axis=1)
+    r1 = np.linalg.norm(posed[masks[eye]] - joints[joint], axis=1)
+    np.testing.assert_allclose(r1, r0, atol=1e-12)
+    np.testing.assert_allclose(r0, r0.mean(), atol=1e-9)  # eyeball centred on its joint
+
+
+# --- geometry and anatomy -------------------------------------------------------------------------
+def test_real_size_and_axes(model, masks):
+    v = model.v_template
+    skin = v[masks["skin"] & ~masks["ears"] & ~masks["neck"]]
+    width = np.ptp(skin[:, 0])
+    assert 0.13 < width < 0.17
+    front_midline = masks["face"] & (np.abs(v[:, 0]) < 0.01) & (v[:, 2] > 0.04)
+    chin_y = v[front_midline, 1].min()  # menton
+    crown_y = v[:, 1].max()
+    assert 0.20 <= crown_y - chin_y <= 0.235
+    assert abs(v[masks["skin"] & ~masks["neck"]].mean(axis=0)[1]) < 0.04  # origin near the centre
+    assert v[masks["left_eyeball"]][:, 0].min() > 0 > v[masks["right_eyeball"]][:, 0].max()
+    nose_tip = v[np.argmax(v[:, 2])]
+    assert masks["nose"][np.argmax(v[:, 2])] and abs(nose_tip[0]) < 1e-9
+    np.testing.assert_allclose(np.sort(v[:, 0]), np.sort(-v[:, 0]), atol=1e-12)  # symmetric
+
+
+def test_region_masks(model, masks):
+    for name in ("skin", "left_eyeball", "right_eyeball", "lips", "upper_lip", "lower_lip",
+                 "eyebrows"):
+        assert masks[name].dtype == bool and masks[name].shape == (model.num_vertices,)
+        assert masks[name].any(), name
+    parts = (masks["skin"].astype(int) + masks["mouth_interior"] + masks["left_eyeball"]
+             + masks["right_eyeball"])
+    assert np.all(parts == 1)
+    assert np.all((masks["face"].astype(int) + masks["scalp"] + masks["neck"] + masks["ears"])
+                  == masks["skin"])
+    assert not (masks["upper_lip"] & masks["lower_lip"]).any()
+    assert np.all(masks["lips"] >= (masks["upper_lip"] | masks["lower_lip"]))
+    v = model.v_template
+    assert v[masks["upper_lip"], 1].mean() > v[masks["lower_lip"], 1].mean()
+    assert np.all(v[masks["eyebrows"], 1] > v[masks["left_eyeball"], 1].max())
+    assert v[masks["left_iris"], 2].min() > v[masks["left_eyeball"], 2].mean()
+    with pytest.raises(ValueError):
+        openhead.region_masks(dataclasses_replace_vertices(model))
+
+
+def dataclasses_replace_vertices(model):
+    import dataclasses
+    return dataclasses.replace(model, v_template=model.v_template[:100])
+
+
+def test_static_landmarks_on_surface_and_in_place(model):
+    f, b = model.static_lmk_faces, model.static_lmk_bary
+    assert f.shape == (51,) and np.all((f >= 0) & (f < model.num_faces))
+    assert np.all((b >= 0) & (b <= 1)) and np.allclose(b.sum(axis=1), 1)
+    lm = static_landmarks(model)
+    x = lm[:, 0]
+    # left/right: the subject's right is -x
+    assert np.all(np.array([ibug(lm, i)[0] for i in range(17, 22)]) < 0)
+    assert np.all(np.array([ibug(lm, i)[0] for i in range(22, 27)]) > 0)
+    assert np.all(np.diff([ibug(lm, i)[0] for i in range(17, 27)]) > 0)  # brows run right to left
+    for i in range(36, 42):
+        assert ibug(lm, i)[0] < 0 < ibug(lm, i + 6)[0]
+    assert ibug(lm, 36)[0] < ibug(lm, 39)[0] < 0 < ibug(lm, 42)[0] < ibug(lm, 45)[0]  # corners
+    for top, bottom in ((37, 41), (38, 40), (43, 47), (44, 46)):
+        assert ibug(lm, top)[1] > ibug(lm, bottom)[1]  # upper lid above lower lid
+    eye_y = np.mean([ibug(lm, i)[1] for i in (36, 39, 42, 45)])
+    brow_y = np.mean([ibug(lm, i)[1] for i in range(17, 27)])
+    nose_bottom = ibug(lm, 33)
+    mouth_corners = (ibug(lm, 48), ibug(lm, 54))
+    assert brow_y > eye_y > nose_bottom[1] > max(c[1] for c in mouth_corners)
+    assert np.all(np.diff([ibug(lm, i)[1] for i in range(27, 31)]) < 0)  # bridge runs down
+    assert np.argmax(lm[:, 2]) == 30 - 17  # the nose tip is the most anterior landmark
+    assert np.all(np.abs(x[[i - 17 for i in (27, 28, 29, 30, 33, 51, 57, 62, 66)]]) < 1e-6)
+    assert mouth_corners[0][0] < -0.02 and mouth_corners[1][0] > 0.02
+    assert np.all(np.diff([ibug(lm, i)[0] for i in range(31, 36)]) > 0)
+    assert np.all(np.diff([ibug(lm, i)[0] for i in range(48, 55)]) > 0)  # upper outer lip
+    assert np.all(np.diff([ibug(lm, i)[0] for i in range(54, 60)] + [ibug(lm, 48)[0]]) < 0)
+    assert ibug(lm, 51)[1] > ibug(lm, 62)[1] >= ibug(lm, 66)[1] > ibug(lm, 57)[1]
+    # NoW's seven landmarks: eye corners, nose bottom, mouth corners
+    now = lm[list(C.NOW_LANDMARKS_IN_STATIC)]
+    np.testing.assert_allclose(now[4], nose_bottom)
+    assert now[0][0] < now[1][0] < 0 < now[2][0] < now[3][0]
+    assert now[5][0] < 0 < now[6][0] and now[5][1] < now[4][1]
+
+
+def test_inner_lip_landmarks_are_on_their_lips(model, masks):
+    for ibug_ids, mask in (((61, 62, 63), masks["upper_lip"]), ((65, 66, 67), masks["lower_lip"])):
+        for i in ibug_ids:
+            face = model.faces[model.static_lmk_faces[i - 17]]
+            weight = model.static_lmk_bary[i - 17]
+            assert mask[face[weight > 1e-9]].all(), i
+
+
+def yaw_of_row(row):
+    return -row if row <= 39 else row - 39
+
+
+def contour_points(model, row, verts=None):
+    verts = model.v_template if verts is None else verts
+    return barycentric_points(verts, model.faces, model.dynamic_lmk_faces[row],
+                              model.dynamic_lmk_bary[row])
+
+
+def test_contour_table_on_surface_and_smooth(model):
+    f, b = model.dynamic_lmk_faces, model.dynamic_lmk_bary
+    assert f.shape == (79, 17) and np.all((f >= 0) & (f < model.num_faces))
+    assert np.all((b >= 0) & (b <= 1)) and np.allclose(b.sum(axis=-1), 1)
+    pts = np.stack([contour_points(model, r) for r in range(79)])
+    order = [39 - k for k in range(40)] + list(range(40, 79))  # rows sorted by yaw -39..+39
+    ordered = pts[order]
+    step = np.linalg.norm(np.diff(ordered, axis=0), axis=-1)
+    assert step.max() < 0.004  # moves smoothly: a few millimetres per degree at most
+    zero = pts[0]
+    np.testing.assert_allclose(zero[:, 0], -zero[::-1, 0], atol=2e-3)  # frontal: symmetric
+    assert np.all(zero[:8, 0] < 0) and np.all(zero[9:, 0] > 0)
+    assert np.all(np.diff(zero[:9, 1]) < 0) and np.all(np.diff(zero[8:, 1]) > 0)  # down to chin
+    assert zero[8, 1] == pytest.approx(zero[:, 1].min())
+
+
+def outermost_along(points2d, centre, target, half_width=0.002):
+    """Largest extent beyond `centre` of the points within a strip around the ray to `target`."""
+    direction = (target - centre) / np.linalg.norm(target - centre)
+    rel = points2d - centre
+    along = rel @ direction
+    across = np.abs(rel @ np.array([-direction[1], direction[0]]))
+    return along[(across < half_width) & (along > 0)].max(), np.linalg.norm(target - centre)
+
+
+@pytest.mark.parametrize("yaw", [25, 32, 39, -25, -32, -39])
+def test_contour_lies_on_the_silhouette_when_turned_away(model, masks, yaw):
+    row = int(round(min(-yaw, 39)))
+    row = row if row >= 0 else min(39 - row, 78)
+    assert yaw_of_row(row) == yaw
+    th = np.deg2rad(yaw)
+    rot = np.array([[np.cos(th), 0, np.sin(th)], [0, 1, 0], [-np.sin(th), 0, np.cos(th)]])
+    verts = model.v_template @ rot.T  # the head turned; camera on +z, orthographic
+    pts = contour_points(model, row, verts)[:, :2]
+    head = verts[masks["skin"] & ~masks["neck"]][:, :2]
+    centre = (rot @ np.array([0.0, -0.05, 0.02]))[:2]  # inside the lower face
+    far = range(9, 16) if yaw > 0 else range(1, 8)  # the side turned away from the camera
+    for i in far:  # on the outline: nothing of the head projects beyond it
+        outline, extent = outermost_along(head, centre, pts[i])
+        assert extent > outline - 0.004, (i, extent, outline)
+    near = range(1, 4) if yaw > 0 else range(13, 16)
+    for i in near:  # the side facing the camera keeps its line in front of the ear, well inside
+        outline, extent = outermost_along(head, centre, pts[i])  # the outline (ear, back of head)
+        assert extent < outline - 0.008, (i, extent, outline)
+
+
+# --- command line and cache ---------------------------------------------------------------------
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "flame.openhead", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_writes_the_same_files_and_refuses_to_overwrite(model, written, tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    done = run_cli("--out", str(out))
+    assert done.returncode == 0, done.stderr
+    for name in FILES:
+        assert str(out / name) in done.stdout
+        assert (out / name).read_bytes() == (written / name).read_bytes(), name  # deterministic
+    assert model.fingerprint() in done.stdout
+    stamps = {name: (out / name).stat().st_mtime_ns for name in FILES}
+    refused = run_cli("--out", str(out))
+    assert refused.returncode == 1
+    assert len(refused.stderr.strip().splitlines()) == 1 and "--force" in refused.stderr
+    assert {name: (out / name).stat().st_mtime_ns for name in FILES} == stamps
+    # --force overwrites (in-process, with the already built model, to save a build)
+    monkeypatch.setattr(openhead, "build_open_head", lambda: model)
+    assert openhead.main(["--out", str(out), "--force"]) == 0
+    assert any((out / name).stat().st_mtime_ns != stamps[name] for name in FILES)
+    assert "--out" in run_cli("--help").stdout
+
+
+def test_ensure_open_head_generates_once(model, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_build():
+        calls.append(1)
+        return model
+
+    monkeypatch.setattr(openhead, "build_open_head", fake_build)
+    monkeypatch.delenv(openhead.CACHE_ENV_VAR, raising=False)
+    folder = openhead.ensure_open_head(str(tmp_path))
+    assert folder == tmp_path / f"openhead-{openhead.OPEN_HEAD_VERSION}"
+    assert all((folder / name).is_file() for name in FILES)
+    stamps = {name: (folder / name).stat().st_mtime_ns for name in FILES}
+    assert openhead.ensure_open_head(str(tmp_path)) == folder
+    assert len(calls) == 1
+    assert {name: (folder / name).stat().st_mtime_ns for name in FILES} == stamps
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # no temporary leftovers
+    # the environment variable names the cache root when no folder is given
+    monkeypatch.setenv(openhead.CACHE_ENV_VAR, str(tmp_path / "env"))
+    assert openhead.ensure_open_head() == tmp_path / "env" / folder.name
+    assert len(calls) == 2
