@@ -56,8 +56,11 @@ def _inputs(batch: int, pose_dim: int, seed: int = 0) -> list[tf.Tensor]:
 
 def bench_tf(layer: FlameLayer, repeats: int) -> dict[tuple[str, int, int], float]:
     results = {}
+    def forward(*args):
+        return layer(*args)
+
     for mode, jit in (("eager", None), ("xla", True)):
-        fn = (lambda *a: layer(*a)) if jit is None else tf.function(lambda *a: layer(*a), jit_compile=True)
+        fn = forward if jit is None else tf.function(forward, jit_compile=True)
         for pose_dim in (6, 15):
             for batch in BATCHES:
                 args = _inputs(batch, pose_dim)

@@ -75,6 +75,7 @@ class FlameLayer(keras.layers.Layer):
         # Blend shapes and pose correctives as two bases: v = template + [coeffs, jaw feats] @ basis
         # + [neck, eye feats] @ basis_rest. RingNet's 6-d pose leaves neck and eyes at identity,
         # whose features are then exactly zero, so its path needs only the first product.
+        # Template and bases are planar (all x, then all y, then all z): see lbs._apply_affine.
         self.basis = self._const("basis", (k + 9, v3))
         self.basis_rest = self._const("basis_rest", (C.NUM_POSE_FEATURES - 9, v3))
         # Joints are linear in the coefficients (the regressor is applied to the shaped template),
@@ -99,12 +100,15 @@ class FlameLayer(keras.layers.Layer):
                                m.exprdirs[:, :, :self.num_expression]], axis=-1)  # [V, 3, K]
         # posedirs columns: 9 per joint in order neck, jaw, left eye, right eye.
         jaw_cols = slice(9 * (C.JAW - 1), 9 * C.JAW)
-        basis = np.concatenate([dirs, m.posedirs[:, :, jaw_cols]], axis=-1).reshape(3 * v, -1).T
-        rest = np.delete(m.posedirs, np.arange(36)[jaw_cols], axis=-1).reshape(3 * v, -1).T
+        def planar(arr):  # [V, 3, K] -> [K, 3 * V], coordinate-major columns
+            return arr.transpose(2, 1, 0).reshape(arr.shape[-1], 3 * v)
+
+        basis = planar(np.concatenate([dirs, m.posedirs[:, :, jaw_cols]], axis=-1))
+        rest = planar(np.delete(m.posedirs, np.arange(36)[jaw_cols], axis=-1))
         j_basis = np.einsum("jv,vck->kjc", m.j_regressor, dirs).reshape(dirs.shape[-1], -1)
         faces = np.asarray(m.faces, np.int64)
         values = [
-            (self.v_template, m.v_template.reshape(-1)),
+            (self.v_template, m.v_template.T.reshape(-1)),
             (self.basis, basis),
             (self.basis_rest, rest),
             (self.j_template, (m.j_regressor @ m.v_template).reshape(-1)),
@@ -134,27 +138,42 @@ class FlameLayer(keras.layers.Layer):
         if pose.shape[-1] == C.FULL_POSE_DIM:
             rest_feats = tf.concat([feats[:, :9 * (C.JAW - 1)], feats[:, 9 * C.JAW:]], axis=-1)
             offsets += tf.matmul(rest_feats, self.basis_rest)
-        v_posed = tf.reshape(self.v_template + offsets, [batch, self.num_vertices, 3])
+        v_posed = tf.reshape(self.v_template + offsets, [batch, 3, self.num_vertices])  # planar
         joints = tf.reshape(self.j_template + tf.matmul(coeffs, self.j_basis),
                             [batch, C.NUM_JOINTS, 3])
         world_rots, posed_joints, skin_trans = lbs.rigid_transforms(rot_mats, joints)
+
+        # The 68 landmarks' triangle corners (the contour row chosen by the head's yaw, then the
+        # static points), gathered before skinning: skinning is per point, so skinning just these
+        # 204 points gives exactly the corners of the posed mesh without reading it again.
+        rows = lbs.contour_rows(rot_mats)
+        num_lmk = C.NUM_LANDMARKS
+        tri = tf.concat([tf.gather(self.contour_tri, rows),
+                         tf.broadcast_to(self.static_tri, [batch, C.NUM_STATIC_LANDMARKS, 3])], axis=1)
+        bary = tf.concat([tf.gather(self.contour_bary, rows),
+                          tf.broadcast_to(self.static_bary, [batch, C.NUM_STATIC_LANDMARKS, 3])], axis=1)
+        ids = tf.reshape(tri, [batch, 3 * num_lmk])
+        corners = tf.gather(v_posed, ids, axis=2, batch_dims=1)  # [B, 3, 3L] planar
+
         if pose.shape[-1] == C.FULL_POSE_DIM:
-            vertices = lbs.skin(v_posed, self.lbs_weights, world_rots, skin_trans)
+            def pose_points(points, weights):
+                return lbs.skin(points, weights, world_rots, skin_trans)
         else:  # neck and eyes at identity: the exact shortcut
-            vertices = lbs.skin_global_and_jaw(v_posed, self.lbs_weights[:, C.JAW],
-                                               rot_mats[:, C.ROOT], rot_mats[:, C.JAW], joints)
+            def pose_points(points, weights):
+                return lbs.skin_global_and_jaw(points, weights[..., C.JAW], rot_mats[:, C.ROOT],
+                                               rot_mats[:, C.JAW], joints)
+        vertices = pose_points(v_posed, self.lbs_weights)
+        corners = pose_points(corners, tf.gather(self.lbs_weights, ids))
+        landmarks = lbs.barycentric_points(tf.reshape(corners, [batch, num_lmk, 3, 3]), bary)
         if translation is not None:
             vertices += translation[:, None, :]
+            landmarks += translation[:, None, :]
             posed_joints += translation[:, None, :]
-
-        rows = lbs.contour_rows(rot_mats)
-        contour = lbs.barycentric_points(vertices, tf.gather(self.contour_tri, rows),
-                                         tf.gather(self.contour_bary, rows))
-        static = lbs.barycentric_points(vertices, self.static_tri, self.static_bary)
+        static = landmarks[:, C.NUM_CONTOUR_LANDMARKS:]
         return {
             "vertices": vertices,
             "joints": posed_joints,
-            "landmarks": tf.concat([contour, static], axis=1),
+            "landmarks": landmarks,
             "now_landmarks": tf.gather(static, C.NOW_LANDMARKS_IN_STATIC, axis=1),
         }
 

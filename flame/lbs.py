@@ -102,25 +102,40 @@ def rigid_transforms(rot_mats: tf.Tensor, joints: tf.Tensor,
     return world_rots, posed_joints, skin_trans
 
 
+def _affine_rows(mats: tf.Tensor, trans: tf.Tensor, points: tf.Tensor) -> list[tf.Tensor]:
+    """The three output coordinates of per-example 3x3 maps plus translations on planar points.
+
+    Args:
+      mats: [B, 3, 3]; trans: [B, 3]; points: [B, 3, N] planar (x, y, z each contiguous).
+    Returns:
+      three [B, N] tensors.
+
+    Unrolled arithmetic on planar points lets XLA fuse a whole skinning into one vectorised pass;
+    a [B, N, 3] layout with a reduction over its size-3 axis, or an einsum (lowered to many tiny
+    dots), runs several times slower on CPU.
+    """
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    return [mats[:, i, 0, None] * x + mats[:, i, 1, None] * y + mats[:, i, 2, None] * z
+            + trans[:, i, None] for i in range(3)]
+
+
 def skin(points: tf.Tensor, weights: tf.Tensor, world_rots: tf.Tensor,
          skin_trans: tf.Tensor) -> tf.Tensor:
     """Linear blend skinning, general form (any joint may rotate).
 
     Args:
-      points: [B, V, 3] rest-pose (shaped and pose-corrected) vertices.
-      weights: [V, J] skinning weights.
+      points: [B, 3, N] rest-pose (shaped and pose-corrected) points, planar.
+      weights: [N, J] skinning weights, or [B, N, J] (per example, for gathered points).
       world_rots: [B, J, 3, 3]; skin_trans: [B, J, 3] from `rigid_transforms`.
     Returns:
-      [B, V, 3] posed vertices.
+      [B, N, 3] posed points.
     """
-    batch, num_v = tf.shape(points)[0], tf.shape(points)[1]
-    # Blend the 3x4 transforms per vertex, then apply them to homogeneous points; written as
-    # broadcast-multiply-reduce so XLA fuses it into one pass over the vertices.
-    transforms = tf.concat([world_rots, skin_trans[..., None]], axis=-1)  # [B, J, 3, 4]
-    blended = tf.einsum("vj,bjk->bvk", weights, tf.reshape(transforms, [batch, -1, 12]))
-    blended = tf.reshape(blended, [batch, num_v, 3, 4])
-    homog = tf.concat([points, tf.ones_like(points[..., :1])], axis=-1)  # [B, V, 4]
-    return tf.reduce_sum(blended * homog[:, :, None, :], axis=-1)
+    transforms = tf.concat([tf.reshape(world_rots, [-1, C.NUM_JOINTS, 9]), skin_trans], axis=-1)
+    equation = "bjk,nj->bkn" if weights.shape.rank == 2 else "bjk,bnj->bkn"
+    t = tf.einsum(equation, transforms, weights)  # [B, 12, N]: blended 3x4 maps, planar
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    return tf.stack([t[:, 3 * i] * x + t[:, 3 * i + 1] * y + t[:, 3 * i + 2] * z + t[:, 9 + i]
+                     for i in range(3)], axis=-1)
 
 
 def skin_global_and_jaw(points: tf.Tensor, jaw_weights: tf.Tensor, global_rot: tf.Tensor,
@@ -128,31 +143,23 @@ def skin_global_and_jaw(points: tf.Tensor, jaw_weights: tf.Tensor, global_rot: t
     """Linear blend skinning when only the root and the jaw rotate (RingNet's 6-d pose).
 
     With the neck and eye rotations at identity, every joint except the jaw carries the root's
-    transform, so LBS reduces exactly to: rotate jaw-weighted points about the jaw joint by their
-    jaw weight, then apply the root's rotation about the root joint. Same result as `skin`, with a
-    few multiply-adds per vertex instead of a blend of five transforms.
+    transform G(p) = R_g (p - j_root) + j_root, and the jaw's is G applied after the jaw's local
+    rotation about its joint. LBS then reduces exactly to
+        v = G(p) + w_jaw * R_g (R_jaw - I)(p - j_jaw),
+    two 3x3 maps per point in one pass instead of a blend of five transforms.
 
     Args:
-      points: [B, V, 3] rest-pose vertices; jaw_weights: [V] skinning weights of the jaw joint.
+      points: [B, 3, N] rest-pose points, planar; jaw_weights: [N] or [B, N] jaw skinning weights.
       global_rot, jaw_rot: [B, 3, 3] local rotations of the root and the jaw.
       joints: [B, J, 3] rest-pose joints.
     Returns:
-      [B, V, 3] posed vertices.
+      [B, N, 3] posed points.
     """
-    jaw_joint = joints[:, C.JAW][:, None, :]
-    root_joint = joints[:, C.ROOT][:, None, :]
-    jaw_delta = jaw_rot - tf.eye(3, dtype=jaw_rot.dtype)
-    opened = points + jaw_weights[None, :, None] * _rotate(jaw_delta, points - jaw_joint)
-    return _rotate(global_rot, opened - root_joint) + root_joint
-
-
-def _rotate(mats: tf.Tensor, points: tf.Tensor) -> tf.Tensor:
-    """[B, 3, 3] matrices applied to [B, V, 3] points -> [B, V, 3].
-
-    Broadcast-multiply-reduce rather than einsum: XLA on CPU lowers a 3x3 einsum to a slow batched
-    dot, while this fuses with its neighbours into one elementwise pass.
-    """
-    return tf.reduce_sum(mats[:, None, :, :] * points[:, :, None, :], axis=-1)
+    root, jaw = joints[:, C.ROOT], joints[:, C.JAW]
+    opening = tf.matmul(global_rot, jaw_rot - tf.eye(3, dtype=jaw_rot.dtype))
+    rigid = _affine_rows(global_rot, root - tf.linalg.matvec(global_rot, root), points)
+    delta = _affine_rows(opening, -tf.linalg.matvec(opening, jaw), points)
+    return tf.stack([r + jaw_weights * d for r, d in zip(rigid, delta)], axis=-1)
 
 
 def contour_rows(rot_mats: tf.Tensor) -> tf.Tensor:
@@ -176,18 +183,13 @@ def contour_rows(rot_mats: tf.Tensor) -> tf.Tensor:
     return tf.minimum(row, C.CONTOUR_LAST_ROW)
 
 
-def barycentric_points(vertices: tf.Tensor, tri_vertex_ids: tf.Tensor, bary: tf.Tensor) -> tf.Tensor:
-    """Points given by barycentric coordinates in mesh triangles.
+def barycentric_points(corners: tf.Tensor, bary: tf.Tensor) -> tf.Tensor:
+    """Points given by barycentric coordinates in their triangles.
 
     Args:
-      vertices: [B, V, 3].
-      tri_vertex_ids: [L, 3] int32 (same triangles for the whole batch) or [B, L, 3] int32.
-      bary: [L, 3] or [B, L, 3] float32, matching `tri_vertex_ids`.
+      corners: [B, L, 3, 3] the triangles' corner points (corner, then xyz).
+      bary: [B, L, 3] barycentric coordinates.
     Returns:
-      [B, L, 3] float32.
+      [B, L, 3].
     """
-    if tri_vertex_ids.shape.rank == 2:
-        corners = tf.gather(vertices, tri_vertex_ids, axis=1)  # [B, L, 3, 3]
-        return tf.einsum("blkc,lk->blc", corners, bary)
-    corners = tf.gather(vertices, tri_vertex_ids, axis=1, batch_dims=1)
-    return tf.einsum("blkc,blk->blc", corners, bary)
+    return tf.reduce_sum(corners * bary[..., None], axis=2)
