@@ -1,6 +1,7 @@
 """Command line: `python -m ringnet_tf.evaluate <protocol> ...`.
 
-Protocols: `now` (the NoW benchmark's scan-to-mesh error). Exit codes: 0 done (missing
+Protocols: `now` (the NoW benchmark's scan-to-mesh error) and `synthetic` (the same metric on
+synthetic faces whose true shape is known, with baselines). Exit codes: 0 done (missing
 predictions included, and counted), 1 bad input or refused output folder, 2 bad usage.
 """
 from __future__ import annotations
@@ -81,6 +82,21 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="the refinement converges on N evenly spread scan vertices before "
                         "polishing on all of them (default: %(default)s; 0 = all from the start)")
     p.add_argument("--quiet", action="store_true", help="no progress line per image")
+
+    s = commands.add_parser(
+        "synthetic", help="synthetic faces with known shape: 3D error (mm) and landmark NME, "
+                          "against mean-shape and landmark-fitting baselines",
+        description=(__import__("ringnet_tf.evaluate.synthetic", fromlist=["x"]).__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--checkpoint", required=True, help="run directory or compact checkpoint")
+    s.add_argument("--data", required=True, type=Path,
+                   help="synthetic dataset of held-out identities (made with another --seed)")
+    s.add_argument("--flame_model", default=None, help="head model (default: the open head model)")
+    s.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    s.add_argument("--fit_steps", type=int, default=200, help="landmark-fitting baseline steps")
+    s.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    s.add_argument("--force", action="store_true", help="replace --out")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -170,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # the partial output is already removed
             print("interrupted; nothing written", file=sys.stderr)
             return 130
+    if args.command == "synthetic":
+        from ringnet_tf.evaluate import synthetic
+
+        return synthetic.main(args)
     raise AssertionError(args.command)  # argparse allows only the commands above
 
 

@@ -1,0 +1,78 @@
+"""The synthetic benchmark: an oracle scores ~0 mm, the mean shape does not, the CLI runs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flame.model import save_flame_files
+from ringnet_tf.data import dataset as D
+from ringnet_tf.data.synthetic import SynthConfig, generate
+from ringnet_tf.evaluate.__main__ import main
+from ringnet_tf.evaluate.synthetic import evaluate_synthetic, nme
+from ringnet_tf.inference import load_predictor, save_compact
+from ringnet_tf.model import ModelConfig, build_ringnet
+from tests.conftest import make_tiny_model
+
+CONFIG = ModelConfig(image_size=32, backbone="tiny", num_shape=10, num_expression=5)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synbench")
+    model = make_tiny_model(num_vertices=300)
+    save_flame_files(model, root / "flame")
+    generate(root / "data", SynthConfig(identities=2, images_per_identity=2, seed=11, size=48,
+                                        num_shape=10, num_expression=5),
+             str(root / "flame"), workers=1, progress=False)
+    save_compact(build_ringnet(model, CONFIG), CONFIG.__dict__, model.fingerprint(), root / "ckpt")
+    return root
+
+
+class Oracle:
+    """Predicts the true shape of each image: the metric must then be ~0."""
+
+    def __init__(self, inner, truth_shapes):
+        self.inner, self.truth = inner, truth_shapes
+        self.flame_layer, self.faces, self.image_size = inner.flame_layer, inner.faces, inner.image_size
+        self.net, self.i = inner.net, 0
+
+    def predict(self, crops):
+        out = self.inner.predict(crops)
+        out["shape"] = self.truth[self.i:self.i + len(crops)].astype(np.float32)
+        self.i += len(crops)
+        return out
+
+    def neutral(self, shape):
+        return self.inner.neutral(shape)
+
+
+def test_oracle_scores_zero_and_mean_shape_does_not(setup):
+    inner = load_predictor(setup / "ckpt", str(setup / "flame"))
+    truth = D.read_ground_truth(setup / "data")["shape"]
+    results = evaluate_synthetic(Oracle(inner, truth), setup / "data", fit_steps=5)
+    assert results["network"]["images"] == 4
+    assert results["network"]["mean_mm"] < 1e-3
+    assert results["mean shape"]["mean_mm"] > 100 * results["network"]["mean_mm"]
+    assert np.isfinite(results["landmark fitting"]["median_mm"])
+
+
+def test_nme_hand_computed():
+    truth = np.zeros((68, 2))
+    truth[36], truth[45] = [0, 0], [10, 0]
+    pred = truth + np.array([3.0, 4.0])  # every landmark 5 px off, eyes 10 px apart
+    assert nme(pred, truth) == pytest.approx(0.5)
+
+
+def test_cli_writes_json_and_refuses_a_mismatched_head_model(setup, tmp_path, capsys):
+    args = ["synthetic", "--checkpoint", str(setup / "ckpt"), "--data", str(setup / "data"),
+            "--flame_model", str(setup / "flame"), "--fit_steps", "3", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "r.json")]) == 0
+    assert set(json.loads((tmp_path / "r.json").read_text())["results"]) == {
+        "network", "mean shape", "landmark fitting"}
+    assert "mean shape" in capsys.readouterr().out
+    save_flame_files(make_tiny_model(seed=3, num_vertices=300), tmp_path / "other")
+    args[args.index(str(setup / "flame"))] = str(tmp_path / "other")
+    assert main(args) == 1
+    assert "trained with head model" in capsys.readouterr().err
