@@ -1,6 +1,10 @@
-"""Training-data speed: preparing real photos (detect, landmark, crop, write), in images per second.
+"""Training-data speed, in images per second: synthetic rings, and preparing real photos.
 
-    python bench/data_speed.py [--images 48] [--min_face 40] [--workers 1 2]
+    python bench/data_speed.py [--images 48] [--min_face 40] [--workers 1 2] [--synthetic 64]
+
+Synthetic: `ringnet_tf.data.synthetic.generate` of the open head model at 256 px (FLAME decode,
+render, blur and noise, JPEG, visibility, manifest and ground truth), with each worker count,
+against the renderer alone on the same meshes in one process (the part it cannot avoid).
 
 Preparation: `ringnet_tf.data.prepare` on copies of the astronaut photo (tests/data/astronaut.jpg)
 placed in 640 x 480 frames (face about 80 px, as in a loosely framed web photo), spread over 4
@@ -138,22 +142,62 @@ def bench_prepare(num_images: int, min_face: float, workers: list[int]) -> list[
     return rows
 
 
+def bench_synthetic(num_images: int, workers: list[int], size: int = 256) -> list[tuple[str, float, str]]:
+    """Synthetic generation rates, and the renderer alone on the same open-head meshes."""
+    import tensorflow as tf
+
+    from flame.io import load_flame
+    from flame.layer import FlameLayer
+    from ringnet_tf import render
+    from ringnet_tf.data.synthetic import SynthConfig, framing_camera, generate
+
+    per_identity = 8
+    cfg = SynthConfig(identities=max(1, num_images // per_identity), images_per_identity=per_identity,
+                      size=size)
+    n = cfg.identities * per_identity
+    model = load_flame(None)
+    layer = FlameLayer(model, cfg.num_shape, cfg.num_expression)
+    rng = np.random.default_rng(0)
+    out = layer(tf.constant(rng.normal(size=(n, cfg.num_shape)), tf.float32),
+                tf.constant(rng.normal(size=(n, cfg.num_expression)), tf.float32),
+                tf.constant(0.3 * rng.normal(size=(n, 6)), tf.float32))
+    verts, lms = out["vertices"].numpy(), out["landmarks"].numpy()
+    start = time.perf_counter()
+    for v, lm in zip(verts, lms):
+        render.render(v, model.faces, framing_camera(lm), size)
+    rows = [("renderer alone, 1 process (baseline)", n / (time.perf_counter() - start), f"{n} renders")]
+    for w in workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            generate(Path(tmp) / "d", cfg, workers=w, progress=False)
+            rows.append((f"synthetic generate --workers {w}", n / (time.perf_counter() - start),
+                         f"{n} images incl. start-up"))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=48, help="frames to prepare per run")
     parser.add_argument("--min_face", type=float, default=P.Settings().min_face)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--synthetic", type=int, default=64, help="synthetic images per run (0: skip)")
     args = parser.parse_args()
+    if args.synthetic:
+        rows = bench_synthetic(args.synthetic, args.workers)
+        base = rows[0][1]
+        print(f"synthetic rings, 256 px (x = relative to the renderer alone; load average "
+              f"{os.getloadavg()[0]:.1f}):")
+        for label, rate, note in rows:
+            print(f"  {label:64s} {rate:6.2f} img/s  x{rate / base:5.2f}  ({note})")
     try:
         L.check_installed()
     except L.MissingDependency as e:
-        print(f"data_speed: {e}")
-        return 1
+        print(f"data_speed: real-photo preparation skipped: {e}")
+        return 0
     load = os.getloadavg()
     print(f"cpu cores: {os.cpu_count()}, dlib {L.dlib_version()}, OpenCV {cv2.__version__}, "
           f"{args.images} frames of {FRAME[1]} x {FRAME[0]}")
     rows = bench_prepare(args.images, args.min_face, args.workers)
-    # The synthetic-data half (rendered FLAME faces) adds its rows here, from its own function.
     base = rows[1][1]
     print(f"preparation of real photos (images per second; x = relative to the tool's own detection "
           f"+ 1 predictor; load average before: {load[0]:.1f}, after: {os.getloadavg()[0]:.1f}):")
