@@ -51,6 +51,10 @@ def main(argv=None) -> int:
     from ringnet_tf.demo_lib import DemoOptions, collect_images, run_demo
     from ringnet_tf.inference import CheckpointError, load_predictor
 
+    if not args.saved_model and Path(args.checkpoint) == DEFAULT_CHECKPOINT and not DEFAULT_CHECKPOINT.exists():
+        print(f"error: no default checkpoint at {DEFAULT_CHECKPOINT} yet; train one with train.py and "
+              f"pass --checkpoint RUN_DIR (see README)", file=sys.stderr)
+        return 2
     try:
         images, root = collect_images(args.img)
         if not images:
