@@ -102,3 +102,9 @@ def test_export_command_round_trip(setup, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert demo.main(["--saved_model", str(tmp_path / "sm"), "--img", str(PHOTO),
                       "--out", str(tmp_path / "c.obj")]) == 0
+    # A compact checkpoint re-exported from a checkpoint gives the same meshes.
+    assert export.main(args + ["--out", str(tmp_path / "compact"), "--compact"]) == 0
+    assert _run(setup, "--img", str(PHOTO), "--out", str(tmp_path / "d.obj")) == 0
+    assert demo.main(["--checkpoint", str(tmp_path / "compact"), "--flame_model", str(setup / "flame"),
+                      "--img", str(PHOTO), "--out", str(tmp_path / "e.obj")]) == 0
+    np.testing.assert_allclose(read_mesh(tmp_path / "d.obj")[0], read_mesh(tmp_path / "e.obj")[0], atol=1e-4)
