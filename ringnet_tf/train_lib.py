@@ -212,32 +212,35 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
     step0 = int(optimizer.iterations.numpy())
     if step0:
         print(f"resuming {out} at step {step0}", file=stream, flush=True)
+    final: dict[str, float] = {}
     if step0 >= config.num_steps:
-        print(f"{out} already trained {step0} steps (num_steps {config.num_steps})", file=stream)
-        return {"step": step0, "out": str(out)}
-
-    rings_cfg = config.rings
-    train_ds = ring_dataset(config.data, rings_cfg, start_ring=step0 * rings_cfg.rings_per_batch)
-    val_ds, sample = None, None
-    if config.val_data:
-        val_cfg = dataclasses.replace(rings_cfg, augment=False, seed=rings_cfg.seed + 1)
-        val_ds = ring_dataset(config.val_data, val_cfg)
-        first = next(iter(val_ds.take(1)))
-        n = config.num_image_summaries
-        sample = {k: v.numpy().reshape(-1, *v.shape[2:])[:n] for k, v in first.items()}
-    writer = tf.summary.create_file_writer(str(out / "tensorboard"))
-    interval = config.checkpoint_every
-    callbacks = [
-        _Progress(config.log_every, rings_cfg.rings_per_batch * rings_cfg.ring_size, config.num_steps,
-                  writer, stream),
-        _CheckpointAndSummaries(manager, writer, sample, config.model.image_size),
-    ]
-    history = trainer.fit(
-        train_ds, steps_per_epoch=interval, epochs=math.ceil(config.num_steps / interval),
-        initial_epoch=step0 // interval, validation_data=val_ds,
-        validation_steps=config.val_steps if val_ds is not None else None,
-        callbacks=callbacks, shuffle=False, verbose=0)
-    final = {k: float(v[-1]) for k, v in history.history.items()}
+        # Already trained that far (e.g. stopped by hand, then finished with a smaller
+        # --num_steps): just write the final model from the latest checkpoint.
+        print(f"{out} already trained {step0} steps (num_steps {config.num_steps}); writing the "
+              f"final model", file=stream, flush=True)
+    else:
+        rings_cfg = config.rings
+        train_ds = ring_dataset(config.data, rings_cfg, start_ring=step0 * rings_cfg.rings_per_batch)
+        val_ds, sample = None, None
+        if config.val_data:
+            val_cfg = dataclasses.replace(rings_cfg, augment=False, seed=rings_cfg.seed + 1)
+            val_ds = ring_dataset(config.val_data, val_cfg)
+            first = next(iter(val_ds.take(1)))
+            n = config.num_image_summaries
+            sample = {k: v.numpy().reshape(-1, *v.shape[2:])[:n] for k, v in first.items()}
+        writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+        interval = config.checkpoint_every
+        callbacks = [
+            _Progress(config.log_every, rings_cfg.rings_per_batch * rings_cfg.ring_size, config.num_steps,
+                      writer, stream),
+            _CheckpointAndSummaries(manager, writer, sample, config.model.image_size),
+        ]
+        history = trainer.fit(
+            train_ds, steps_per_epoch=interval, epochs=math.ceil(config.num_steps / interval),
+            initial_epoch=step0 // interval, validation_data=val_ds,
+            validation_steps=config.val_steps if val_ds is not None else None,
+            callbacks=callbacks, shuffle=False, verbose=0)
+        final = {k: float(v[-1]) for k, v in history.history.items()}
     net.save(out / "ringnet.keras")
     written = [out / "ringnet.keras"]
     if config.export_saved_model:

@@ -72,6 +72,10 @@ def test_stop_and_resume_continue_step_count_optimizer_and_data(setup):
     resumed = run(_config(setup, "resumed", num_steps=6), stream=log)
     assert "resuming" in log.getvalue() and "step 4" in log.getvalue()
     assert resumed["step"] == straight["step"] == 6
+    # Run again when already trained that far: no step more, the final model written again.
+    log = io.StringIO()
+    again = run(_config(setup, "resumed", num_steps=6), stream=log)
+    assert again["step"] == 6 and "already trained 6 steps" in log.getvalue()
     for a, b in zip(_weights(Path(straight["out"])), _weights(Path(resumed["out"]))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
