@@ -122,10 +122,10 @@ def _figure(rgb: np.ndarray, box: preprocess.Box, vertices: np.ndarray, faces: n
     warped = cv2.warpAffine(result.image, inv, (w, h), flags=cv2.INTER_LINEAR)
     mask = cv2.warpAffine(result.mask.astype(np.float32), inv, (w, h), flags=cv2.INTER_LINEAR)[..., None]
     over = (rgb * (1 - 0.75 * mask) + warped * 0.75 * mask).astype(np.uint8)
-    side_img = render.side_view(vertices, faces, cam, side, background=(255, 255, 255)).image
     scale = FIGURE_SIZE / max(h, w)
     over = cv2.resize(over, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
-    side_img = cv2.resize(side_img, (over.shape[0], over.shape[0]), interpolation=cv2.INTER_AREA)
+    # The camera is resolution-free (normalised coordinates): render the side view at figure size.
+    side_img = render.side_view(vertices, faces, cam, over.shape[0], background=(255, 255, 255)).image
     return np.concatenate([over, side_img], axis=1)
 
 

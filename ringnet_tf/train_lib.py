@@ -36,7 +36,7 @@ from ringnet_tf.model import ModelConfig, build_ringnet
 from ringnet_tf.trainer import LossConfig, RingNetTrainer
 
 # Fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("num_steps",)
+RESUMABLE_CHANGES = ("num_steps", "export_saved_model", "log_every")
 
 
 class ConfigError(ValueError):
