@@ -31,7 +31,7 @@ from flame.io import load_flame
 from ringnet_tf import camera
 from ringnet_tf.data import dataset as D
 from ringnet_tf.export import export_saved_model
-from ringnet_tf.data.rings import RingConfig, RingSampler, ring_dataset
+from ringnet_tf.data.rings import RingConfig, RingSampler, open_rings
 from ringnet_tf.model import ModelConfig, build_ringnet
 from ringnet_tf.trainer import LossConfig, RingNetTrainer
 
@@ -91,8 +91,14 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"learning_rate must be positive; got {config.learning_rate}")
     for path in [config.data] + ([config.val_data] if config.val_data else []):
         try:
-            records = D.read_manifest(path)
-            RingSampler([r.identity for r in records], config.rings, str(Path(path) / D.MANIFEST_NAME))
+            if (Path(path) / D.MANIFEST_NAME).exists() or not (Path(path) / D.META_NAME).exists():
+                records = D.read_manifest(path)
+                RingSampler([r.identity for r in records], config.rings, str(Path(path) / D.MANIFEST_NAME))
+            else:  # the TFRecord form
+                D.tfrecord_files(path)
+                count = D.read_meta(path)["tfrecords"]["num_identities"]
+                if count < 2:
+                    raise ConfigError(f"{path}: {count} identity; rings need at least 2")
         except ValueError as e:  # DatasetError is a ValueError too
             raise ConfigError(str(e)) from None
     saved = Path(config.out) / "config.json"
@@ -220,11 +226,11 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
               f"final model", file=stream, flush=True)
     else:
         rings_cfg = config.rings
-        train_ds = ring_dataset(config.data, rings_cfg, start_ring=step0 * rings_cfg.rings_per_batch)
+        train_ds = open_rings(config.data, rings_cfg, start_ring=step0 * rings_cfg.rings_per_batch)
         val_ds, sample = None, None
         if config.val_data:
             val_cfg = dataclasses.replace(rings_cfg, augment=False, seed=rings_cfg.seed + 1)
-            val_ds = ring_dataset(config.val_data, val_cfg)
+            val_ds = open_rings(config.val_data, val_cfg)
             first = next(iter(val_ds.take(1)))
             n = config.num_image_summaries
             sample = {k: v.numpy().reshape(-1, *v.shape[2:])[:n] for k, v in first.items()}

@@ -106,3 +106,29 @@ def test_ring_dataset_batches_are_deterministic_and_resume(tmp_path):
     for a, b in zip(first[3:], resumed):
         np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
         np.testing.assert_array_equal(a["landmarks"].numpy(), b["landmarks"].numpy())
+
+
+def test_tfrecord_stream_gives_rings_of_one_identity_plus_another(tmp_path):
+    # Identities are told apart by their landmarks here: each identity's x coordinates are its index.
+    from ringnet_tf.data import dataset as D
+    from ringnet_tf.data.rings import open_rings
+    make_tiny_dataset(tmp_path, IDENTITIES)
+    records = D.read_manifest(tmp_path)
+    names = sorted(set(IDENTITIES))
+    D.write_manifest(tmp_path, [D.Record(r.image, r.identity, np.concatenate(
+        [np.full((68, 1), 10.0 + names.index(r.identity)), r.landmarks[:, 1:]], 1)) for r in records])
+    tfr = D.write_tfrecords(tmp_path, num_shards=2)
+    cfg = RingConfig(ring_size=3, rings_per_batch=2, image_size=48, seed=1, augment=False)
+    batches = [b for b in open_rings(tfr, cfg).take(6)]
+    assert batches[0]["images"].shape == (2, 3, 48, 48, 3)
+    for b in batches:
+        ident = np.round(b["landmarks"].numpy()[:, :, 0, 0]).astype(int)  # [NB, R]
+        for ring in ident:
+            assert ring[0] == ring[1] and ring[2] != ring[0]
+            assert ring[0] != 10 + names.index("c")  # 1 image < min_images: never an anchor
+    again = [b for b in open_rings(tfr, cfg).take(6)]
+    resumed = [b for b in open_rings(tfr, cfg, start_ring=4).take(2)]
+    for a, b in zip(batches, again):
+        np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
+    for a, b in zip(batches[2:], resumed):
+        np.testing.assert_array_equal(a["landmarks"].numpy(), b["landmarks"].numpy())

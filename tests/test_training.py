@@ -94,6 +94,13 @@ def test_bad_configurations_fail_before_any_work(setup, tmp_path):
     assert not (setup / "x").exists()
 
 
+def test_training_reads_the_tfrecord_form(setup):
+    from ringnet_tf.data.dataset import write_tfrecords
+    tfr = write_tfrecords(setup / "data", setup / "data_tfr", num_shards=2)
+    result = run(_config(setup, "tfr", data=str(tfr), num_steps=2), stream=io.StringIO())
+    assert result["step"] == 2 and np.isfinite(result["metrics"]["loss"])
+
+
 def test_nan_loss_stops_with_a_clear_message(setup):
     cfg = _config(setup, "nan", loss=LossConfig(landmarks=float("nan")))
     with pytest.raises(FloatingPointError, match="loss became nan at step 1"):

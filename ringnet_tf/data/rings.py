@@ -223,3 +223,71 @@ def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring:
 def rings_per_epoch(dataset_dir: str | os.PathLike, config: RingConfig) -> int:
     records = D.read_manifest(dataset_dir, check_images=False)
     return RingSampler([r.identity for r in records], config).rings_per_epoch
+
+
+def _ring_from_arrays(images_bytes, landmarks, config: RingConfig, index) -> dict[str, tf.Tensor]:
+    """Decode and augment the R images of one ring. images_bytes [R], landmarks [R, 68, 3]."""
+    r_size = config.ring_size
+    images, lms = [], []
+    for pos in range(r_size):
+        seed = tf.stack([tf.cast(config.seed, tf.int64), index * r_size + pos])
+        img, lm = augment_image(_decode(images_bytes[pos]), landmarks[pos], config, seed)
+        images.append(img)
+        lms.append(lm)
+    return {"images": tf.stack(images), "landmarks": tf.stack(lms)}
+
+
+def ring_dataset_tfrecords(tfrecord_dir: str | os.PathLike, config: RingConfig, start_ring: int = 0,
+                           batch: bool = True, shuffle_buffer: int = 256) -> tf.data.Dataset:
+    """Endless ring batches streamed from the TFRecord form (one example per identity).
+
+    Stream rule: identity records are read from the shards and shuffled (buffer `shuffle_buffer`,
+    seeded), records with fewer than `min_images` images are dropped, and consecutive records are
+    paired (A, B), a pair of one identity with itself being dropped: A yields ceil(K_A / (R - 1)) rings of its images (a short last group filled by
+    drawing A's images again) and each ring's odd one out is a random image of B. No random access:
+    rings come from a stream. Deterministic for a seed; `start_ring` skips rings before decoding.
+    """
+    files = [str(f) for f in D.tfrecord_files(tfrecord_dir)]
+    gt_dims = D.read_meta(tfrecord_dir)["tfrecords"].get("ground_truth", {})
+    per_ring = config.ring_size - 1
+    records = (tf.data.TFRecordDataset(files).repeat()
+               .shuffle(shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+               .map(lambda raw: D.parse_identity_example(raw, gt_dims))
+               .map(lambda ex: {"image": ex["image"], "landmarks": ex["landmarks"],
+                                "identity": ex["identity"],
+                                "count": tf.shape(ex["image"], out_type=tf.int64)[0]})
+               .filter(lambda ex: ex["count"] >= config.min_images)
+               .padded_batch(2, drop_remainder=True)  # pads the shorter identity; counts say where
+               # Across the repeat, one identity can meet itself: such a pair makes no ring.
+               .filter(lambda pair: pair["identity"][0] != pair["identity"][1])
+               .enumerate())
+
+    def rings_of_pair(pair_index, pair):
+        a_images, b_images = pair["image"][0], pair["image"][1]
+        a_lms, b_lms = pair["landmarks"][0], pair["landmarks"][1]
+        k_a, k_b = pair["count"][0], pair["count"][1]
+        n_rings = (k_a + per_ring - 1) // per_ring
+        seed = tf.stack([tf.cast(config.seed, tf.int64), pair_index])
+        order = tf.argsort(tf.random.stateless_uniform([k_a], seed=seed))
+        fill = tf.random.stateless_uniform([n_rings * per_ring], seed=seed + 1, maxval=k_a, dtype=tf.int64)
+        members = tf.concat([tf.cast(order, tf.int64), fill], 0)[:n_rings * per_ring]
+        members = tf.reshape(members, [n_rings, per_ring])
+        odd = tf.random.stateless_uniform([n_rings, 1], seed=seed + 2, maxval=k_b, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices({
+            "images": tf.concat([tf.gather(a_images, members), tf.gather(b_images, odd)], 1),
+            "landmarks": tf.concat([tf.gather(a_lms, members), tf.gather(b_lms, odd)], 1)})
+
+    rings = records.flat_map(rings_of_pair).skip(start_ring).enumerate(start=start_ring)
+    ds = rings.map(lambda i, ring: _ring_from_arrays(ring["images"], ring["landmarks"], config, i),
+                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if batch:
+        ds = ds.batch(config.rings_per_batch, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def open_rings(path: str | os.PathLike, config: RingConfig, start_ring: int = 0) -> tf.data.Dataset:
+    """Ring batches from a dataset directory: its manifest form, else its TFRecord form."""
+    path = Path(path)
+    if (path / D.MANIFEST_NAME).exists():
+        return ring_dataset(path, config, start_ring)
+    return ring_dataset_tfrecords(path, config, start_ring)
