@@ -205,24 +205,13 @@ def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring:
         ring_indices, output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([r_size], tf.int64)))
 
     def load(index, ring):
-        images, lms = [], []
-        for pos in range(r_size):
-            seed = tf.stack([tf.cast(config.seed, tf.int64), index * r_size + pos])
-            image = _decode(tf.io.read_file(tf.gather(paths, ring[pos])))
-            img, lm = augment_image(image, tf.gather(landmarks, ring[pos]), config, seed)
-            images.append(img)
-            lms.append(lm)
-        return {"images": tf.stack(images), "landmarks": tf.stack(lms)}
+        data = tf.stack([tf.io.read_file(tf.gather(paths, ring[pos])) for pos in range(r_size)])
+        return _ring_from_arrays(data, tf.gather(landmarks, ring), config, index)
 
     ds = rings.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if batch:
         ds = ds.batch(config.rings_per_batch, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def rings_per_epoch(dataset_dir: str | os.PathLike, config: RingConfig) -> int:
-    records = D.read_manifest(dataset_dir, check_images=False)
-    return RingSampler([r.identity for r in records], config).rings_per_epoch
 
 
 def _ring_from_arrays(images_bytes, landmarks, config: RingConfig, index) -> dict[str, tf.Tensor]:
