@@ -53,6 +53,8 @@ flags.DEFINE_enum("mixed_precision", "none", ["none", "float16", "bfloat16"], "b
 flags.DEFINE_enum("distribute", "auto", ["auto", "none", "mirrored", "multiworker"],
                   "tf.distribute strategy (multiworker reads TF_CONFIG)")
 flags.DEFINE_boolean("export_saved_model", True, "write a SavedModel at the end")
+flags.DEFINE_string("init_from", None, "warm start: a run directory or compact checkpoint of the same "
+                    "network whose weights start this run (fine-tuning; the optimizer starts fresh)")
 flags.mark_flags_as_required(["data", "out"])
 
 
@@ -74,7 +76,8 @@ def config_from_flags():
                        model=model, rings=rings, loss=loss, learning_rate=F.learning_rate, seed=F.seed,
                        num_steps=F.num_steps, checkpoint_every=F.checkpoint_every, log_every=F.log_every,
                        val_steps=F.val_steps, jit_compile=jit, mixed_precision=F.mixed_precision,
-                       distribute=F.distribute, export_saved_model=F.export_saved_model)
+                       distribute=F.distribute, export_saved_model=F.export_saved_model,
+                       init_from=F.init_from)
 
 
 def main(argv):

@@ -63,6 +63,9 @@ class TrainConfig:
     distribute: str = "auto"  # auto | none | mirrored | multiworker
     num_image_summaries: int = 4
     export_saved_model: bool = True  # a SavedModel next to ringnet.keras at the end
+    # Warm start: a run directory or compact checkpoint of the same network whose weights start
+    # this run (the optimizer starts fresh). Ignored when the run resumes from its own checkpoint.
+    init_from: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,6 +104,8 @@ def validate(config: TrainConfig) -> None:
                     raise ConfigError(f"{path}: {count} identity; rings need at least 2")
         except ValueError as e:  # DatasetError is a ValueError too
             raise ConfigError(str(e)) from None
+    if config.init_from is not None and not Path(config.init_from).exists():
+        raise ConfigError(f"{config.init_from}: does not exist (--init_from)")
     saved = Path(config.out) / "config.json"
     if saved.exists():
         previous = json.loads(saved.read_text())
@@ -185,6 +190,37 @@ class _CheckpointAndSummaries(keras.callbacks.Callback):
         return np.stack(drawn)
 
 
+def warm_start(net: keras.Model, source: str, model: ModelConfig, flame_model: str | None) -> None:
+    """Copies the weights of a trained network of the same architecture into `net`.
+
+    source: a run directory (its ringnet.keras) or a compact checkpoint; its head model must be this
+    run's (the fingerprint check of `load_predictor`) and its model config equal `model` up to
+    `backbone_weights` (which only matters for a fresh initialisation). Raises ConfigError.
+    """
+    from ringnet_tf.inference import CheckpointError, _stored_weights, load_predictor
+
+    try:
+        predictor = load_predictor(source, flame_model)
+    except CheckpointError as e:
+        raise ConfigError(f"--init_from: {e}") from None
+    theirs = getattr(predictor, "net", None)
+    if theirs is None:
+        raise ConfigError(f"{source}: a SavedModel cannot start training; give a run directory or "
+                          f"a compact checkpoint (--init_from)")
+    saved = json.loads((Path(source) / "config.json").read_text())["model"]
+    mine = dataclasses.asdict(model)
+    diff = sorted(k for k in mine if k != "backbone_weights" and saved.get(k) != mine[k])
+    if diff:
+        raise ConfigError(f"{source}: another network (its model config differs in {', '.join(diff)}); "
+                          f"--init_from needs the same architecture")
+    src, dst = _stored_weights(theirs), _stored_weights(net)
+    for a, b in zip(src, dst, strict=True):
+        if tuple(a.shape) != tuple(b.shape):
+            raise ConfigError(f"{source}: weight {b.path} has shape {tuple(a.shape)}, this network "
+                              f"{tuple(b.shape)}")
+        b.assign(keras.ops.convert_to_numpy(a).astype(b.dtype))
+
+
 def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
     """Trains (or resumes) a run; returns the final metrics and the paths written."""
     validate(config)
@@ -215,6 +251,9 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
     manager = tf.train.CheckpointManager(ckpt, str(out / "checkpoints"), max_to_keep=3)
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    elif config.init_from is not None:
+        warm_start(net, config.init_from, config.model, config.flame_model)
+        print(f"weights initialised from {config.init_from}", file=stream, flush=True)
     step0 = int(optimizer.iterations.numpy())
     if step0:
         print(f"resuming {out} at step {step0}", file=stream, flush=True)

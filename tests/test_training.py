@@ -80,6 +80,33 @@ def test_stop_and_resume_continue_step_count_optimizer_and_data(setup):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_warm_start_copies_a_trained_network_and_refuses_another_architecture(setup):
+    from flame.io import load_flame
+    from ringnet_tf.inference import save_compact
+    from ringnet_tf.model import build_ringnet
+    from ringnet_tf.train_lib import warm_start
+
+    source = run(_config(setup, "warm_source", num_steps=2), stream=io.StringIO())
+    trained = _weights(Path(source["out"]))
+    cfg = _config(setup, "warm_target")
+    net = build_ringnet(load_flame(cfg.flame_model), dataclasses.replace(cfg.model))
+    assert any(not np.allclose(a, b.numpy()) for a, b in zip(trained, net.weights))  # a new start differs
+    warm_start(net, source["out"], cfg.model, cfg.flame_model)
+    for a, b in zip(trained, net.weights):
+        np.testing.assert_array_equal(a, b.numpy())
+    # A compact (float16) checkpoint starts a run too; the run then trains from there.
+    compact = save_compact(net, dataclasses.asdict(cfg.model), make_tiny_model().fingerprint(),
+                           setup / "warm_compact")
+    log = io.StringIO()
+    result = run(dataclasses.replace(cfg, init_from=str(compact), num_steps=2), stream=log)
+    assert "weights initialised from" in log.getvalue() and result["step"] == 2
+    with pytest.raises(ConfigError, match="differs in num_shape"):
+        other = dataclasses.replace(cfg.model, num_shape=8)
+        warm_start(build_ringnet(load_flame(cfg.flame_model), other), source["out"], other, cfg.flame_model)
+    with pytest.raises(ConfigError, match="does not exist"):
+        validate(dataclasses.replace(cfg, init_from=str(setup / "nowhere")))
+
+
 def test_bad_configurations_fail_before_any_work(setup, tmp_path):
     with pytest.raises(ValueError, match="ring_size must be at least 3"):
         RingConfig(ring_size=2)
