@@ -1,8 +1,10 @@
 """The training curves of a run, as a figure: `python -m ringnet_tf.plot_run RUN_DIR --out curve.png`.
 
 Reads the run's TensorBoard scalars (train/* every log interval, interval/val_* at each
-checkpoint) and draws the weighted total, the landmark loss and the shape-consistency loss over
-the steps, training and validation.
+checkpoint) and draws the weighted total, the landmark loss, the shape-consistency loss and the
+mean squared norm of the shape coefficients over the steps, training and validation. Several run
+directories (a run and its `--init_from` fine-tuning) are drawn one after the other on one step
+axis, with a dashed line where each stage starts.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PANELS = (("loss", "total loss"), ("landmarks", "landmark loss (normalised L1)"),
-          ("shape_consistency", "shape consistency (hinge)"))
+          ("shape_consistency", "shape consistency (hinge)"), ("shape_prior", "mean ||shape||^2"))
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -38,7 +40,22 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: sorted(points) for tag, points in series.items()}
 
 
-def plot(run_dir: str | Path, out: str | Path) -> Path:
+def read_stages(run_dirs: list[str | Path]) -> tuple[dict[str, list[tuple[int, float]]], list[int]]:
+    """The scalars of consecutive runs on one step axis: each run's steps are offset by the last
+    step of the run before. Returns ({tag: [(step, value)]}, [first step of each later stage])."""
+    merged: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    offset, starts = 0, []
+    for i, run_dir in enumerate(run_dirs):
+        series = read_scalars(run_dir)
+        if i:
+            starts.append(offset)
+        for tag, points in series.items():
+            merged[tag].extend((offset + step, value) for step, value in points)
+        offset += max((step for points in series.values() for step, _ in points), default=0)
+    return dict(merged), starts
+
+
+def plot(run_dirs: str | Path | list[str | Path], out: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,18 +63,21 @@ def plot(run_dir: str | Path, out: str | Path) -> Path:
 
     from flame.fileutil import atomic_write
 
-    series = read_scalars(run_dir)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    series, starts = read_stages(run_dirs)
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.5 * len(PANELS), 3.6))
     for ax, (name, title) in zip(axes, PANELS):
         for tag, label, style in ((f"train/{name}", "training", "-"), (f"interval/val_{name}", "validation", "o-")):
             if tag in series:
                 steps, values = zip(*series[tag])
                 ax.plot(steps, values, style, label=label, markersize=3)
+        for start in starts:
+            ax.axvline(start, color="grey", linestyle="--", linewidth=1)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"RingNet training: {Path(run_dir).name}")
+    fig.suptitle("RingNet training: " + " then ".join(Path(r).name for r in run_dirs))
     fig.tight_layout()
     import io
 
@@ -69,7 +89,8 @@ def plot(run_dir: str | Path, out: str | Path) -> Path:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ringnet_tf.plot_run", description=__doc__.split("\n")[0])
-    p.add_argument("run_dir", type=Path, help="a train.py --out directory")
+    p.add_argument("run_dir", type=Path, nargs="+",
+                   help="a train.py --out directory; several: consecutive stages (--init_from)")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = p.parse_args(argv)
     try:
