@@ -76,7 +76,10 @@ def plot(run_dirs: str | Path | list[str | Path], out: str | Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="grey")
     fig.suptitle("RingNet training: " + " then ".join(Path(r).name for r in run_dirs))
     fig.tight_layout()
     import io
