@@ -10,7 +10,7 @@ from flame.model import save_flame_files
 from ringnet_tf.data import dataset as D
 from ringnet_tf.data.synthetic import SynthConfig, generate
 from ringnet_tf.evaluate.__main__ import main
-from ringnet_tf.evaluate.synthetic import evaluate_synthetic, nme
+from ringnet_tf.evaluate.synthetic import evaluate_synthetic, nme, shape_diagnostics
 from ringnet_tf.inference import load_predictor, save_compact
 from ringnet_tf.model import ModelConfig, build_ringnet
 from tests.conftest import make_tiny_model
@@ -56,6 +56,26 @@ def test_oracle_scores_zero_and_mean_shape_does_not(setup):
     assert results["network"]["mean_mm"] < 1e-3
     assert results["mean shape"]["mean_mm"] > 100 * results["network"]["mean_mm"]
     assert np.isfinite(results["landmark fitting"]["median_mm"])
+    # Oracle shapes track the truth and are identical within a person.
+    assert results["network"]["shape_correlation"] == pytest.approx(1.0, abs=1e-5)
+    assert results["network"]["identity_spread"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_shape_diagnostics_hand_computed():
+    rng = np.random.default_rng(0)
+    truth = np.repeat(rng.standard_normal((50, 12)), 4, axis=0)  # 50 people x 4 images
+    ids = [f"p{i // 4}" for i in range(200)]
+    exact = shape_diagnostics(2.0 * truth + 1.0, truth, ids)  # an affine copy: r = 1, no spread
+    assert exact["shape_correlation"] == pytest.approx(1.0) and exact["identity_spread"] == pytest.approx(0.0)
+    noise = shape_diagnostics(rng.standard_normal((200, 12)), truth, ids)  # no identity at all
+    assert abs(noise["shape_correlation"]) < 0.1
+    # Within-person variance 12 per image (unbiased: (4-1)/4 of it seen) over between-person
+    # variance 12 / 4 (means of 4): about 3.
+    assert 2.0 < noise["identity_spread"] < 4.0
+    flipped = shape_diagnostics(-truth, truth, ids)
+    assert flipped["shape_correlation"] == pytest.approx(-1.0)
+    assert shape_diagnostics(np.zeros((4, 3)), truth[:4, :3], ["a"] * 4) == {
+        "shape_correlation": None, "identity_spread": None}
 
 
 def test_nme_hand_computed():

@@ -8,6 +8,13 @@ landmarks then refined against the scan-to-mesh distance, and every cropped true
 to the predicted surface is pooled (mm). Also the 68-landmark error in the image, normalised by
 the outer-eye-corner distance (NME).
 
+For the network, two diagnostics of its shape coefficients (what decides whether it learnt
+identity at all): `shape_correlation`, the mean over the first 10 coefficients of the Pearson
+correlation between predicted and true values across images (1: tracks the truth; ~0: no
+identity), and `identity_spread`, the within-identity over the between-identity variance of the
+predicted coefficients (0: every image of a person gets the same shape; about n - 1 with n
+images per person when the predictions ignore identity altogether).
+
 Baselines, measured in the same run:
 - mean shape: every identity coefficient zero (the head model's template);
 - landmark fitting: FLAME fitted to the image's true 68 landmarks (`ringnet_tf.refine`) starting
@@ -26,6 +33,7 @@ from flame import constants as C
 from ringnet_tf.evaluate import now
 
 OUTER_EYE_CORNERS = (36, 45)  # iBUG indices: the NME's normaliser
+CORRELATED_COMPONENTS = 10  # leading shape coefficients in shape_correlation
 
 
 @dataclasses.dataclass
@@ -49,6 +57,29 @@ def _truth_scan(vertices_m: np.ndarray, now_landmarks_m: np.ndarray) -> now.Crop
     return now.CroppedScan(points=vertices[mask], landmarks=landmarks, total_vertices=len(vertices),
                            centre=centre, radius=radius, scan_path=Path("<truth>"),
                            landmarks_path=Path("<truth>"))
+
+
+def shape_diagnostics(pred: np.ndarray, truth: np.ndarray, identities: list[str],
+                      components: int = CORRELATED_COMPONENTS) -> dict[str, float | None]:
+    """pred, truth: [N, S] shape coefficients per image; identities: N labels.
+
+    Returns {shape_correlation, identity_spread}; None where undefined (a constant coefficient,
+    fewer than two identities, or no spread between identities).
+    """
+    k = min(components, pred.shape[1], truth.shape[1])
+    rs = []
+    for c in range(k):
+        p, t = pred[:, c] - pred[:, c].mean(), truth[:, c] - truth[:, c].mean()
+        denom = np.sqrt((p * p).sum() * (t * t).sum())
+        if denom > 0:
+            rs.append(float((p * t).sum() / denom))
+    labels = np.asarray(identities)
+    groups = [pred[labels == i] for i in dict.fromkeys(identities)]
+    means = np.stack([g.mean(0) for g in groups])
+    within = float(np.mean([((g - g.mean(0)) ** 2).sum(1).mean() for g in groups]))
+    between = float(((means - means.mean(0)) ** 2).sum(1).mean()) if len(groups) > 1 else 0.0
+    return {"shape_correlation": float(np.mean(rs)) if rs else None,
+            "identity_spread": within / between if between > 0 else None}
 
 
 def nme(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -82,6 +113,10 @@ def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None
         raise ValueError(f"{data_dir} was rendered with head model {meta.get('flame_fingerprint')}; "
                          f"the checkpoint uses {flame.fingerprint}")
     neutral_index = {str(k): i for i, k in enumerate(gt["neutral_identity"])}
+    # Ground-truth rows follow the manifest; matched by image name where the file records it.
+    image_index = ({str(k): i for i, k in enumerate(gt["image"])} if "image" in gt
+                   else {str(r.image): i for i, r in enumerate(records)})
+    pred_shapes, true_shapes = [], []
     faces = predictor.faces
     size = predictor.image_size
     spec = ParamSpec(flame.num_shape, flame.num_expression)
@@ -124,9 +159,15 @@ def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None
                 ev = now.evaluate_prediction(scan, verts.astype(np.float64), faces, lms.astype(np.float64))
                 results[name].distances_mm.append(ev.distances_mm)
             results["network"].nme.append(nme(pred["landmarks2d"][i], truths_px[i]))
+            pred_shapes.append(pred["shape"][i])
+            true_shapes.append(gt["shape"][image_index[str(r.image)]])
             results["landmark fitting"].nme.append(nme(fitted_px[i], truths_px[i]))
         log(f"  {min(start + batch_size, len(records))}/{len(records)} images")
-    return {name: res.summary() for name, res in results.items()}
+    summary = {name: res.summary() for name, res in results.items()}
+    if records:
+        summary["network"].update(shape_diagnostics(np.stack(pred_shapes), np.stack(true_shapes),
+                                                    [r.identity for r in records]))
+    return summary
 
 
 def _project_px(points: np.ndarray, cam: np.ndarray, size: int) -> np.ndarray:
@@ -160,6 +201,13 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         nme_text = f"{r['nme']:.4f}" if r["nme"] is not None else "      -"
         lines.append(f"{name:20s} {r['median_mm']:8.3f} {r['mean_mm']:8.3f} {r['std_mm']:8.3f}        "
                      f"{nme_text:>7s}  {r['images']}")
+    net = results.get("network", {})
+    if "shape_correlation" in net:
+        def fmt(v):
+            return "-" if v is None else f"{v:.3f}"
+        lines.append(f"network shape coefficients: correlation with the truth {fmt(net['shape_correlation'])} "
+                     f"(first {CORRELATED_COMPONENTS}), within/between-identity spread "
+                     f"{fmt(net['identity_spread'])}")
     return "\n".join(lines)
 
 
