@@ -18,7 +18,9 @@ images per person when the predictions ignore identity altogether).
 Baselines, measured in the same run:
 - mean shape: every identity coefficient zero (the head model's template);
 - landmark fitting: FLAME fitted to the image's true 68 landmarks (`ringnet_tf.refine`) starting
-  from the network's mean parameters, no network involved.
+  from the network's mean parameters, no network involved;
+- network + refinement: the same fitting started from the network's prediction (what
+  `demo.py --refine N` does with detected landmarks; here the landmarks are exact).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from ringnet_tf.evaluate import now
 
 OUTER_EYE_CORNERS = (36, 45)  # iBUG indices: the NME's normaliser
 CORRELATED_COMPONENTS = 10  # leading shape coefficients in shape_correlation
+METHODS = ("network", "mean shape", "landmark fitting", "network + refinement")
 
 
 @dataclasses.dataclass
@@ -129,7 +132,7 @@ def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None
 
     zero_shape = np.zeros((1, flame.num_shape), np.float32)
     mean_mesh = predictor.neutral(zero_shape)
-    results = {name: MethodResult() for name in ("network", "mean shape", "landmark fitting")}
+    results = {name: MethodResult() for name in METHODS}
     mean_theta = predictor_mean_params(predictor, spec)
     for start in range(0, len(records), batch_size):
         batch = records[start:start + batch_size]
@@ -143,25 +146,32 @@ def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None
             truths_px.append(np.concatenate([(r.landmarks[:, :2] + 0.5) * scale - 0.5, r.landmarks[:, 2:]], 1))
         pred = predictor.predict(np.stack(crops))
         neutral = predictor.neutral(pred["shape"])
-        fitted, _ = refine(flame, np.repeat(mean_theta[None], len(batch), 0),
-                           np.stack(truths_px).astype(np.float32), size, fit_steps)
-        fitted_parts = spec.split(fitted)
-        fitted_neutral = predictor.neutral(fitted_parts["shape"])
-        fitted_out = flame(*(tf.constant(fitted_parts[k], tf.float32) for k in ("shape", "expression", "pose")))
-        fitted_px = _project_px(fitted_out["landmarks"].numpy(), fitted_parts["cam"], size)
+        targets = np.stack(truths_px).astype(np.float32)
+
+        def fit(start_params: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+            """Refines against the true landmarks: (neutral meshes, landmarks in crop pixels)."""
+            fitted, _ = refine(flame, start_params, targets, size, fit_steps)
+            parts = spec.split(fitted)
+            out = flame(*(tf.constant(parts[k], tf.float32) for k in ("shape", "expression", "pose")))
+            return predictor.neutral(parts["shape"]), _project_px(out["landmarks"].numpy(), parts["cam"], size)
+
+        fitted_neutral, fitted_px = fit(np.repeat(mean_theta[None], len(batch), 0))
+        refined_neutral, refined_px = fit(np.asarray(pred["params"], np.float32))
         for i, r in enumerate(batch):
             truth_vertices = gt["neutral_vertices"][neutral_index[r.identity]].astype(np.float64)
             scan = _truth_scan(truth_vertices, now_landmarks_of(truth_vertices))
             for name, verts, lms in (
                     ("network", neutral["vertices"][i], neutral["now_landmarks"][i]),
                     ("mean shape", mean_mesh["vertices"][0], mean_mesh["now_landmarks"][0]),
-                    ("landmark fitting", fitted_neutral["vertices"][i], fitted_neutral["now_landmarks"][i])):
+                    ("landmark fitting", fitted_neutral["vertices"][i], fitted_neutral["now_landmarks"][i]),
+                    ("network + refinement", refined_neutral["vertices"][i], refined_neutral["now_landmarks"][i])):
                 ev = now.evaluate_prediction(scan, verts.astype(np.float64), faces, lms.astype(np.float64))
                 results[name].distances_mm.append(ev.distances_mm)
             results["network"].nme.append(nme(pred["landmarks2d"][i], truths_px[i]))
             pred_shapes.append(pred["shape"][i])
             true_shapes.append(gt["shape"][image_index[str(r.image)]])
             results["landmark fitting"].nme.append(nme(fitted_px[i], truths_px[i]))
+            results["network + refinement"].nme.append(nme(refined_px[i], truths_px[i]))
         log(f"  {min(start + batch_size, len(records))}/{len(records)} images")
     summary = {name: res.summary() for name, res in results.items()}
     if records:
