@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.timing import median_seconds  # noqa: E402
 from flame.io import load_flame  # noqa: E402
 from flame.layer import FlameLayer  # noqa: E402
 
@@ -34,17 +33,6 @@ NUM_SHAPE, NUM_EXPR = 100, 50
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _median_ms(fn, repeats: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def _inputs(batch: int, pose_dim: int, seed: int = 0) -> list[tf.Tensor]:
@@ -66,7 +54,8 @@ def bench_tf(layer: FlameLayer, repeats: int) -> dict[tuple[str, int, int], floa
                 args = _inputs(batch, pose_dim)
                 # On CPU a call returns when its result is computed; .numpy() of one small
                 # output forces completion without timing a copy of all vertices.
-                ms = _median_ms(lambda: fn(*args)["landmarks"].numpy(), repeats if batch < 256 else repeats // 4)
+                ms = 1e3 * median_seconds(lambda: fn(*args)["landmarks"].numpy(),
+                                          repeats=repeats if batch < 256 else repeats // 4, warmup=5)[0]
                 results[(mode, pose_dim, batch)] = ms
                 print(f"  FlameLayer {mode:5s} pose {pose_dim:2d}-d  batch {batch:3d}: {ms:8.3f} ms"
                       f"  ({1e3 * ms / batch:8.1f} us/example)  peak RSS {_peak_rss_mb():7.0f} MB",
@@ -96,7 +85,8 @@ def bench_smplx(model_dir: Path, repeats: int) -> dict[int, float] | None:
                       for k, n, s in (("betas", NUM_SHAPE, 1), ("expression", NUM_EXPR, 1),
                                       ("global_orient", 3, 0.2), ("jaw_pose", 3, 0.2))}
             with torch.no_grad():
-                ms = _median_ms(lambda: flame(**kwargs), repeats if batch < 256 else repeats // 4)
+                ms = 1e3 * median_seconds(lambda: flame(**kwargs), repeats=repeats if batch < 256 else repeats // 4,
+                                          warmup=5)[0]
             results[batch] = ms
             print(f"  smplx FLAME (torch {torch.__version__}, {torch.get_num_threads()} threads) "
                   f"batch {batch:3d}: {ms:8.3f} ms  ({1e3 * ms / batch:8.1f} us/example)", flush=True)

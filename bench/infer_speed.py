@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,33 +25,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.timing import median_seconds  # noqa: E402
 from ringnet_tf.export import export_saved_model  # noqa: E402
 from ringnet_tf.inference import KerasPredictor, load_predictor  # noqa: E402
 from ringnet_tf.model import build_backbone  # noqa: E402
 
 PHOTO = ROOT / "examples" / "astronaut.jpg"
-
-
-def _median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _interleaved_median_s(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-    """Median seconds of fn_a and of fn_b, timed alternately after one warm-up call each."""
-    fn_a(), fn_b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b)
 
 
 def main() -> int:
@@ -81,16 +59,15 @@ def main() -> int:
         size = predictor.image_size
         rng = np.random.default_rng(0)
         one = tf.constant(rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8))
-        latency = _median_s(lambda: sm.serve(one)["vertices"].numpy(), args.repeats * 3)
+        (latency,) = median_seconds(lambda: sm.serve(one)["vertices"].numpy(), repeats=args.repeats * 3)
         print(f"latency, one {size} px crop through the SavedModel: {1e3 * latency:.1f} ms")
 
         batch = tf.constant(rng.integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8))
         backbone = build_backbone(size)
         forward = tf.function(lambda x: backbone(x, training=False))
         floats = tf.cast(batch, tf.float32) / 127.5 - 1.0
-        # Interleaved, so drift in the machine's speed (other load, clocks) hits both alike.
-        ours_s, bare_s = _interleaved_median_s(lambda: sm.serve(batch)["vertices"].numpy(),
-                                               lambda: forward(floats).numpy(), args.repeats)
+        ours_s, bare_s = median_seconds(lambda: sm.serve(batch)["vertices"].numpy(),
+                                        lambda: forward(floats).numpy(), repeats=args.repeats)
         ours, bare = args.batch / ours_s, args.batch / bare_s
         ratio = ours / bare
         print(f"throughput, batch {args.batch}: SavedModel {ours:.1f} img/s, bare ResNet-50 forward "
