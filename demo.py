@@ -42,8 +42,25 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _check_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the arguments, as one line; None if they are usable."""
+    if not args.img.strip():
+        return "--img is empty: give an image file, a folder or a glob"
+    if args.batch_size < 1:
+        return f"--batch_size must be at least 1; got {args.batch_size}"
+    if args.refine < 0:
+        return f"--refine must be 0 (off) or a positive number of steps; got {args.refine}"
+    if not str(args.out).strip():
+        return "--out is empty"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse(argv)
+    problem = _check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.refine and args.no_detect:
         print("error: --refine needs detected landmarks; drop --no_detect", file=sys.stderr)
         return 2

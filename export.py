@@ -8,7 +8,6 @@ arrays: do not redistribute it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -27,27 +26,35 @@ def main(argv=None) -> int:
                         "instead of a SavedModel, e.g. for checkpoints/ringnet_default")
     p.add_argument("--flame_model", default=None, help="FLAME the checkpoint was trained with "
                    "(default: the open head model)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out (only once the new export is complete)")
     args = p.parse_args(argv)
+    from flame.fileutil import check_new_dir, staged_dir
     from flame.io import FlameFileError
     from ringnet_tf.export import export_saved_model
     from ringnet_tf.inference import CheckpointError, KerasPredictor, load_predictor, save_compact
 
     try:
+        # Refuse a taken --out before the slow part (loading, tracing); checked again at the end.
+        check_new_dir(args.out, args.force)
         predictor = load_predictor(args.checkpoint, args.flame_model)
         if not isinstance(predictor, KerasPredictor):
             raise CheckpointError(f"{args.checkpoint}: already a SavedModel")
         if args.compact:
-            if args.out.exists() and any(args.out.iterdir()):
-                raise FileExistsError(f"{args.out}: exists and is not empty")
-            source = json.loads((Path(args.checkpoint) / "config.json").read_text())
-            out = save_compact(predictor.net, source["model"], source["flame_fingerprint"], args.out,
-                               extra={"trained_from": str(args.checkpoint),
-                                      "training": {k: v for k, v in source.items() if k not in ("model",)}})
-            print(f"wrote compact checkpoint {out}")
+            source = predictor.config
+            with staged_dir(args.out, args.force) as staging:
+                save_compact(predictor.net, source["model"], source["flame_fingerprint"], staging,
+                             extra={"trained_from": str(args.checkpoint),
+                                    "training": {k: v for k, v in source.items() if k not in ("model",)}})
+            print(f"wrote compact checkpoint {args.out}")
             return 0
-        out = export_saved_model(predictor.net, args.out)
+        out = export_saved_model(predictor.net, args.out, force=args.force)
     except (CheckpointError, FlameFileError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unwritable place, --out under a file, a full disk
+        detail = str(e) if e.filename is None else f"{e.filename}: {e.strerror}"
+        print(f"error: cannot write {args.out}: {detail}", file=sys.stderr)
         return 2
     print(f"wrote SavedModel {out} (signatures: serving_default, serve, serve_float, neutral, faces)")
     return 0

@@ -20,7 +20,14 @@ MESH_FORMATS = (".obj", ".ply")
 
 def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
                colors: np.ndarray | None = None, digits: int = 6) -> Path:
-    """Writes a triangle mesh as OBJ or PLY (by the file's suffix), atomically.
+    """Writes a triangle mesh as OBJ or PLY (by the file's suffix), atomically: see `mesh_bytes`."""
+    data = mesh_bytes(path, vertices, faces, colors, digits)
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def mesh_bytes(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
+               colors: np.ndarray | None = None, digits: int = 6) -> bytes:
+    """The file content of a triangle mesh as OBJ or PLY (by the suffix of `path`).
 
     Vertex order and duplicated vertices are preserved (no merging), so a written mesh indexes
     exactly like the model's `vertices`: FLAME's landmark and region indices stay valid.
@@ -32,7 +39,7 @@ def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
       colors: optional per-vertex colours, [V, 3] or [V, 4], floats in [0, 1] or uint8.
       digits: decimals of OBJ coordinates (6: micrometres for metres); PLY is binary, exact.
     Returns:
-      The written path.
+      The file's bytes.
     Raises:
       ValueError: an unknown suffix, or arrays of the wrong shape (naming the path).
     """
@@ -61,7 +68,7 @@ def write_mesh(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
                            include_texture=False, digits=digits).encode()
     else:
         data = mesh.export(file_type="ply", encoding="binary")
-    return atomic_write(path, lambda f: f.write(data))
+    return data
 
 
 class MeshReadError(ValueError):

@@ -44,3 +44,25 @@ def project(points, cam, image_size: float):
 def pixels_to_normalised(pixels, image_size: float):
     """[..., 2] pixels (u right, v down) to normalised coordinates with y up, in [-1, 1]."""
     return ((pixels + 0.5) / (0.5 * image_size) - 1.0) * _AXIS_SIGN
+
+
+def reframe_camera(cam, image_size: float, scale: float, offset, new_size: float) -> np.ndarray:
+    """The camera that projects into another square image whose pixels are `scale * p + offset` of
+    this one's pixels p (a zoom and shift, no rotation: e.g. crop pixels -> a figure of the photo).
+
+    Args:
+      cam: [3] (s, tx, ty) for an image of side `image_size`.
+      scale: new pixels per old pixel.
+      offset: [2] (x, y) pixel offset, in new pixels.
+      new_size: side of the new square image.
+    Returns:
+      [3] float64 (s', tx', ty') with project(X, cam', new_size) == scale * project(X, cam,
+      image_size) + offset for every point X.
+    """
+    s, tx, ty = (float(c) for c in np.asarray(cam, np.float64))
+    ox, oy = (float(o) for o in np.asarray(offset, np.float64))
+    s_new = scale * image_size * s / new_size
+    # Where the old image's centre lands, in the new normalised frame (y up).
+    cx = 2.0 / new_size * (scale * (image_size - 1) / 2 + ox + 0.5) - 1.0
+    cy = 1.0 - 2.0 / new_size * (scale * (image_size - 1) / 2 + oy + 0.5)
+    return np.array([s_new, tx + cx / s_new, ty + cy / s_new])

@@ -18,10 +18,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flame.fileutil import atomic_write
-from flame.mesh_io import MESH_FORMATS, write_mesh
+from flame.fileutil import write_all
+from flame.mesh_io import MESH_FORMATS, mesh_bytes
 from ringnet_tf import preprocess
-from ringnet_tf.camera import normalised_to_pixels
+from ringnet_tf.camera import normalised_to_pixels, reframe_camera
 
 # Largest side, in pixels, at which the overlay figure is rendered.
 FIGURE_SIZE = 512
@@ -47,6 +47,8 @@ class ImageFailure(Exception):
 def collect_images(spec: str) -> tuple[list[Path], Path | None]:
     """Image files named by a file, a folder (recursively) or a glob; and the folder they hang from
     (for output names), None for a single file. Sorted, so runs are reproducible."""
+    if not spec.strip():
+        raise FileNotFoundError("--img is empty: no file, folder or glob given")
     path = Path(spec)
     if path.is_file():
         return [path], None
@@ -60,12 +62,16 @@ def collect_images(spec: str) -> tuple[list[Path], Path | None]:
     return matches, common
 
 
-def output_paths(image: Path, root: Path | None, out: Path, single: bool, opts: DemoOptions) -> dict[str, Path]:
-    """Where each output of one image goes."""
+def output_paths(image: Path, root: Path | None, out: Path, single: bool, opts: DemoOptions,
+                 qualify: bool = False) -> dict[str, Path]:
+    """Where each output of one image goes. `qualify` adds the input's suffix to the names
+    (face.jpg -> face_jpg.obj), for inputs that would otherwise share them with another."""
+    rel = image.relative_to(root) if root is not None else Path(image.name)
+    if qualify and rel.suffix:
+        rel = rel.with_name(f"{rel.stem}_{rel.suffix[1:]}")
     if single and out.suffix.lower() in MESH_FORMATS:
         mesh = out
     else:
-        rel = image.relative_to(root) if root is not None else Path(image.name)
         mesh = out / rel.with_suffix(opts.mesh_suffix)
     stem = mesh.with_suffix("")
     paths = {"mesh": mesh}
@@ -76,10 +82,35 @@ def output_paths(image: Path, root: Path | None, out: Path, single: bool, opts: 
     if opts.overlay:
         paths["overlay"] = stem.with_name(stem.name + "_overlay.png")
     if opts.now_root is not None:
-        rel = image.relative_to(root) if root is not None else Path(image.name)
         paths["now_mesh"] = opts.now_root / rel.with_suffix(".obj")
         paths["now_landmarks"] = opts.now_root / rel.with_suffix(".npy")
     return paths
+
+
+def plan_outputs(images: list[Path], root: Path | None, out: Path, opts: DemoOptions
+                 ) -> list[dict[str, Path] | str]:
+    """Every image's output paths, unique across the call: inputs whose outputs would collide
+    (face.jpg and face.png; a.jpg's a_neutral.obj and a_neutral.jpg's a_neutral.obj) get names
+    qualified by their suffix. An input still colliding gets a message instead of paths."""
+    single = len(images) == 1 and root is None
+
+    def claims(plans: list) -> dict[Path, list[int]]:
+        owner: dict[Path, list[int]] = {}
+        for i, paths in enumerate(plans):
+            if isinstance(paths, dict):
+                for p in paths.values():
+                    owner.setdefault(Path(os.path.abspath(p)), []).append(i)
+        return owner
+
+    plans: list = [output_paths(im, root, out, single, opts) for im in images]
+    clashing = {i for owners in claims(plans).values() if len(owners) > 1 for i in owners}
+    for i in clashing:
+        plans[i] = output_paths(images[i], root, out, single, opts, qualify=True)
+    for path, owners in claims(plans).items():
+        for i in owners[1:]:
+            if isinstance(plans[i], dict):
+                plans[i] = f"its output {path} is also an output of {images[owners[0]]}"
+    return plans
 
 
 class Detector:
@@ -108,24 +139,33 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def _figure(rgb: np.ndarray, box: preprocess.Box, vertices: np.ndarray, faces: np.ndarray,
-            cam: np.ndarray) -> np.ndarray:
-    """The photo with the mesh rendered over the face, and a side view: [H, 2W, 3] uint8 RGB."""
+def _figure(rgb: np.ndarray, box: preprocess.Box, crop_size: int, vertices: np.ndarray,
+            faces: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """The photo with the whole projected mesh rendered over it, and a side view: [h, 2w, 3] uint8
+    RGB at most FIGURE_SIZE pixels high and wide per panel.
+
+    The photo is shrunk to figure size first and the mesh rendered straight into the figure's frame
+    (the network's camera re-expressed for it), so memory does not grow with the photo's size and
+    nothing is clipped to the crop box.
+    """
     from ringnet_tf import render
 
-    side = int(min(max(box.size, 64), FIGURE_SIZE * 2))
-    # Render in the crop box's frame at `side` pixels, then paste into the photo at the box.
-    result = render.render(vertices, faces, cam, side)
-    a = box.affine(side)  # photo -> box frame
-    inv = cv2.invertAffineTransform(a)
     h, w = rgb.shape[:2]
-    warped = cv2.warpAffine(result.image, inv, (w, h), flags=cv2.INTER_LINEAR)
-    mask = cv2.warpAffine(result.mask.astype(np.float32), inv, (w, h), flags=cv2.INTER_LINEAR)[..., None]
-    over = (rgb * (1 - 0.75 * mask) + warped * 0.75 * mask).astype(np.uint8)
     scale = FIGURE_SIZE / max(h, w)
-    over = cv2.resize(over, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+    fw, fh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    small = cv2.resize(rgb, (fw, fh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    # crop pixels -> photo pixels (inverse of the box's affine) -> figure pixels (cv2.resize keeps
+    # pixel centres: f = (p + 0.5) r - 0.5); the box is square and axis-aligned, so one factor.
+    a = box.affine(crop_size)
+    k = scale / a[0, 0]
+    offset = (-a[:, 2] / a[0, 0] + 0.5) * scale - 0.5
+    side = max(fw, fh)
+    canvas_cam = reframe_camera(cam, crop_size, k, offset, side)
+    result = render.render(vertices, faces, canvas_cam, side)
+    mask = result.mask[:fh, :fw, None]
+    over = np.where(mask, (small * 0.25 + result.image[:fh, :fw] * 0.75 + 0.5).astype(np.uint8), small)
     # The camera is resolution-free (normalised coordinates): render the side view at figure size.
-    side_img = render.side_view(vertices, faces, cam, over.shape[0], background=(255, 255, 255)).image
+    side_img = render.side_view(vertices, faces, cam, fh, background=(255, 255, 255)).image
     return np.concatenate([over, side_img], axis=1)
 
 
@@ -133,18 +173,19 @@ def run_demo(predictor, images: list[Path], root: Path | None, out: Path, opts: 
              stream=None, err=None) -> tuple[int, int]:
     """Processes the images in batches; returns (succeeded, failed)."""
     stream, err = stream or sys.stdout, err or sys.stderr
-    single = len(images) == 1 and root is None
     detector = None
     if not opts.no_detect:
         detector = Detector()
     size = predictor.image_size
     ok = failed = 0
+    plans = plan_outputs(images, root, out, opts)
     for start in range(0, len(images), opts.batch_size):
         batch: list[dict[str, Any]] = []
-        for image in images[start:start + opts.batch_size]:
-            paths = output_paths(image, root, out, single, opts)
-            existing = [p for p in paths.values() if p.exists()]
+        for image, paths in zip(images[start:start + opts.batch_size], plans[start:start + opts.batch_size]):
             try:
+                if isinstance(paths, str):
+                    raise ImageFailure(paths)
+                existing = [p for p in paths.values() if p.exists()]
                 if existing and not opts.force:
                     raise ImageFailure(f"{existing[0]} exists (pass --force to overwrite)")
                 try:
@@ -209,13 +250,16 @@ def _decode(predictor, params: np.ndarray) -> dict[str, np.ndarray]:
 
 def _write(b: dict[str, Any], pred: dict[str, np.ndarray], neutral: dict[str, np.ndarray] | None,
            predictor, size: int) -> None:
+    """Writes one image's outputs, all of them or (on any error) none."""
     paths, faces = b["paths"], predictor.faces
-    write_mesh(paths["mesh"], pred["vertices"], faces)
+    files: dict[Path, bytes] = {paths["mesh"]: mesh_bytes(paths["mesh"], pred["vertices"], faces)}
     if "neutral" in paths:
-        write_mesh(paths["neutral"], neutral["vertices"], faces)
+        files[paths["neutral"]] = mesh_bytes(paths["neutral"], neutral["vertices"], faces)
     if "now_mesh" in paths:
-        write_mesh(paths["now_mesh"], neutral["vertices"], faces)
-        atomic_write(paths["now_landmarks"], lambda f: np.save(f, neutral["now_landmarks"].astype(np.float64)))
+        files[paths["now_mesh"]] = mesh_bytes(paths["now_mesh"], neutral["vertices"], faces)
+        buf = io.BytesIO()
+        np.save(buf, neutral["now_landmarks"].astype(np.float64))
+        files[paths["now_landmarks"]] = buf.getvalue()
     if "params" in paths:
         inv = cv2.invertAffineTransform(b["box"].affine(size))
         lm_photo = preprocess.transform_points(pred["landmarks2d"], inv)
@@ -226,8 +270,11 @@ def _write(b: dict[str, Any], pred: dict[str, np.ndarray], neutral: dict[str, np
                   "crop_box": np.array([b["box"].cx, b["box"].cy, b["box"].size], np.float32)}
         if b["lm_photo"] is not None:
             arrays["detected_landmarks"] = b["lm_photo"].astype(np.float32)
-        atomic_write(paths["params"], lambda f: f.write(_npz_bytes(arrays)))
+        files[paths["params"]] = _npz_bytes(arrays)
     if "overlay" in paths:
-        fig = _figure(b["rgb"], b["box"], pred["vertices"], faces, pred["cam"])
+        fig = _figure(b["rgb"], b["box"], size, pred["vertices"], faces, pred["cam"])
         ok, data = cv2.imencode(".png", cv2.cvtColor(fig, cv2.COLOR_RGB2BGR))
-        atomic_write(paths["overlay"], lambda f: f.write(data.tobytes()))
+        if not ok:
+            raise ValueError(f"{paths['overlay']}: PNG encoding failed")
+        files[paths["overlay"]] = data.tobytes()
+    write_all(files)

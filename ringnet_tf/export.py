@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from flame import lbs
+from flame.fileutil import staged_dir
 from flame.layer import FlameLayer
 from ringnet_tf import camera, preprocess
 
@@ -58,11 +59,15 @@ def _neutral(flame: FlameLayer, shape: tf.Tensor) -> dict[str, tf.Tensor]:
     return {"vertices": out["vertices"], "now_landmarks": out["now_landmarks"]}
 
 
-def export_saved_model(net: keras.Model, out_dir: str | os.PathLike) -> Path:
-    """Writes the SavedModel; refuses an existing, non-empty folder."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not empty")
+def export_saved_model(net: keras.Model, out_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Writes the SavedModel, whole or not at all (see `flame.fileutil.staged_dir`); refuses an
+    existing, non-empty folder unless `force`, which replaces it once the new one is complete."""
+    with staged_dir(out_dir, force) as staging:
+        _write_archive(net, staging)
+    return Path(out_dir)
+
+
+def _write_archive(net: keras.Model, out: Path) -> None:
     flame = flame_layer_of(net)
     faces = flame.faces
     archive = keras.export.ExportArchive()
@@ -79,4 +84,3 @@ def export_saved_model(net: keras.Model, out_dir: str | os.PathLike) -> Path:
         "neutral", lambda shape: _neutral(flame, shape),
         input_signature=[tf.TensorSpec([None, flame.num_shape], tf.float32, name="shape")])
     archive.write_out(str(out), verbose=False)
-    return out

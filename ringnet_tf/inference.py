@@ -28,12 +28,27 @@ class CheckpointError(ValueError):
 
 
 def _read_config(path: Path) -> dict[str, Any]:
+    file = path / CONFIG_NAME
     try:
-        return json.loads((path / CONFIG_NAME).read_text())
+        config = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no {CONFIG_NAME}: not a RingNet checkpoint") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{file}: not text (binary data), not a RingNet config") from None
+    except OSError as e:
+        raise CheckpointError(f"{file}: cannot read: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / CONFIG_NAME}: not valid JSON ({e})") from None
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model", {}), dict):
+        raise CheckpointError(f"{file}: not a RingNet config (expected a JSON object with a "
+                              f"'model' object, got {type(config).__name__})")
+    return config
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, shortened: library errors can be pages long."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_fingerprint(path: Path, config: dict[str, Any], flame) -> None:
@@ -87,13 +102,15 @@ class Predictor:
 
 
 class KerasPredictor(Predictor):
-    def __init__(self, net, source: str):
+    """A Keras network; `config` is its checkpoint's config.json (empty when built in memory)."""
+
+    def __init__(self, net, source: str, config: dict[str, Any] | None = None):
         import tensorflow as tf
 
         from ringnet_tf.export import _serve, flame_layer_of
         from ringnet_tf.preprocess import normalise
 
-        self.net, self.source = net, source
+        self.net, self.source, self.config = net, source, dict(config or {})
         self.image_size = int(net.input_shape[1])
         self.flame_layer = flame_layer_of(net)
         self.faces = self.flame_layer.faces_numpy()
@@ -135,8 +152,17 @@ def load_predictor(path: str | os.PathLike, flame_model: str | None = None) -> P
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: a file; give a checkpoint folder (run directory, compact "
+                              f"checkpoint or SavedModel)")
     if (path / "saved_model.pb").exists():
-        return SavedModelPredictor(path)
+        try:
+            return SavedModelPredictor(path)
+        except CheckpointError:
+            raise
+        except Exception as e:  # TF raises a zoo of types for a damaged SavedModel
+            raise CheckpointError(f"{path / 'saved_model.pb'}: not a usable SavedModel "
+                                  f"({type(e).__name__}: {_one_line(e)})") from None
     import keras
 
     from flame.io import load_flame
@@ -146,8 +172,17 @@ def load_predictor(path: str | os.PathLike, flame_model: str | None = None) -> P
     flame = load_flame(flame_model)
     _check_fingerprint(path, config, flame)
     if (path / "ringnet.keras").exists():
-        net = keras.models.load_model(path / "ringnet.keras")
-        return KerasPredictor(net, str(path))
+        import zipfile
+
+        file = path / "ringnet.keras"
+        # Keras reports a damaged archive as "File not found"; check it is a whole zip first.
+        if not zipfile.is_zipfile(file):
+            raise CheckpointError(f"{file}: damaged or not a Keras archive (not a zip file)")
+        try:
+            net = keras.models.load_model(file)
+        except Exception as e:
+            raise CheckpointError(f"{file}: cannot load ({type(e).__name__}: {_one_line(e)})") from None
+        return KerasPredictor(net, str(path), config)
     if not (path / COMPACT_WEIGHTS).exists():
         raise CheckpointError(f"{path}: holds neither ringnet.keras nor {COMPACT_WEIGHTS}")
     try:
@@ -156,14 +191,25 @@ def load_predictor(path: str | os.PathLike, flame_model: str | None = None) -> P
         raise CheckpointError(f"{path / CONFIG_NAME}: bad model config ({e})") from None
     net = build_ringnet(flame, model_config)
     weights = _stored_weights(net)
-    with np.load(path / COMPACT_WEIGHTS) as data:
-        if len(data.files) != len(weights):
-            raise CheckpointError(f"{path / COMPACT_WEIGHTS}: {len(data.files)} weights, the network "
-                                  f"described by its config has {len(weights)}")
-        for i, w in enumerate(weights):
-            value = data[f"w{i:04d}"]
-            if value.shape != tuple(w.shape):
-                raise CheckpointError(f"{path / COMPACT_WEIGHTS}: weight {i} ({w.path}) has shape "
-                                      f"{value.shape}, the network {tuple(w.shape)}")
-            w.assign(value.astype(w.dtype))
-    return KerasPredictor(net, str(path))
+    file = path / COMPACT_WEIGHTS
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("a single array, not an .npz archive")
+            if len(data.files) != len(weights):
+                raise CheckpointError(f"{file}: {len(data.files)} weights, the network described "
+                                      f"by its config has {len(weights)}")
+            for i, w in enumerate(weights):
+                value = data[f"w{i:04d}"]
+                if value.shape != tuple(w.shape):
+                    raise CheckpointError(f"{file}: weight {i} ({w.path}) has shape {value.shape}, "
+                                          f"the network {tuple(w.shape)}")
+                if not np.isfinite(value).all():
+                    raise CheckpointError(f"{file}: weight {i} ({w.path}) holds NaN or infinity")
+                w.assign(value.astype(w.dtype))
+    except CheckpointError:
+        raise
+    except Exception as e:  # truncated zip (BadZipFile, EOFError), not a zip, missing keys...
+        raise CheckpointError(f"{file}: damaged or not a weights archive "
+                              f"({type(e).__name__}: {_one_line(e)})") from None
+    return KerasPredictor(net, str(path), config)

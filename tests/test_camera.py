@@ -34,3 +34,17 @@ def test_round_trip_to_normalised():
     cam = np.array([1.5, 0.0, 0.0])
     np.testing.assert_allclose(pixels_to_normalised(project(points, cam, 160), 160),
                                1.5 * points[:, :2], atol=1e-6)
+
+
+def test_reframe_camera_matches_pixel_map():
+    """Projecting with the reframed camera equals mapping the old pixels by scale and offset."""
+    from ringnet_tf.camera import project, reframe_camera
+
+    rng = np.random.default_rng(3)
+    points = rng.normal(scale=0.1, size=(50, 3))
+    cam = np.array([6.5, 0.01, -0.02])
+    for scale, offset, new_size in [(1.0, (0.0, 0.0), 224), (0.37, (12.5, -40.0), 512),
+                                    (2.5, (-3.0, 7.0), 97)]:
+        new = reframe_camera(cam, 224, scale, offset, new_size)
+        want = scale * project(points, cam, 224) + np.asarray(offset)
+        np.testing.assert_allclose(project(points, new, new_size), want, atol=1e-9)

@@ -569,3 +569,29 @@ def test_cli_help_describes_the_protocol():
     for text in ("--pred", "--gt", "--images", "--out", "--force", "--scan-unit", "scans_lmks_onlypp",
                  "imagepathsvalidation.txt", "missing"):
         assert text in done.stdout
+
+
+@pytest.mark.parametrize("line", ["FaMoS_180424_03335_TA/../../../evil.jpg",
+                                  "../multiview_neutral/IMG_0101.jpg",
+                                  "FaMoS_180424_03335_TA/./IMG_0101.jpg"])
+def test_image_list_paths_never_leave_out(tmp_path, capsys, line):
+    """A list line with '..' or '.' must not name files outside --pred / --out (issue 14, item 3)."""
+    gt, pred = _make_now_layout(tmp_path)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"FaMoS_180424_03335_TA/multiview_neutral/IMG_0101.jpg\n{line}\n")
+    victim = tmp_path / "evil.npy"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "res"
+    assert cli_main(["now", "--pred", str(pred), "--gt", str(gt), "--images", str(listing),
+                     "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and f"{listing}:2:" in err and "\n" not in err
+    assert victim.read_bytes() == b"precious" and not out.exists()
+
+
+def test_image_list_same_stem_twice_is_an_error(tmp_path):
+    """face.jpg and face.png of one challenge would share a distances file: refuse the list."""
+    listing = tmp_path / "list.txt"
+    listing.write_text("s/selfie/IMG_1.jpg\ns/selfie/IMG_1.png\n")
+    with pytest.raises(now.NowInputError, match=r"list.txt:2: s/selfie/IMG_1 repeats line 1"):
+        now.read_image_list(listing)

@@ -147,7 +147,7 @@ def read_image_list(path: str | os.PathLike) -> list[ImageKey]:
     except (OSError, UnicodeDecodeError) as err:
         raise NowInputError(f"{path}: cannot read image list: {err}") from None
     keys: list[ImageKey] = []
-    seen: dict[ImageKey, int] = {}
+    seen: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -156,10 +156,16 @@ def read_image_list(path: str | os.PathLike) -> list[ImageKey]:
         if len(parts) < 3:
             raise NowInputError(
                 f"{path}:{number}: expected '<subject>/<challenge>/<image>', got {line!r}")
+        bad = [part for part in parts[-3:] if part in (".", "..") or ":" in part]
+        if bad:
+            # The last three parts name files under --pred and --out: none may climb out of them.
+            raise NowInputError(f"{path}:{number}: {bad[0]!r} is not allowed in "
+                                f"'<subject>/<challenge>/<image>', got {line!r}")
         key = ImageKey(*parts[-3:])
-        if key in seen:
-            raise NowInputError(f"{path}:{number}: {key.name} repeats line {seen[key]}")
-        seen[key] = number
+        # Keyed by name (no extension): face.jpg and face.png would share one distances file.
+        if key.name in seen:
+            raise NowInputError(f"{path}:{number}: {key.name} repeats line {seen[key.name]}")
+        seen[key.name] = number
         keys.append(key)
     if not keys:
         raise NowInputError(f"{path}: image list is empty")
@@ -445,8 +451,12 @@ def run_now(config: NowConfig, out_dir: Path, log: Callable[[str], None] = lambd
             raise NowInputError(f"{landmark_path}: cannot align: {err}") from None
         distances = result.distances_mm.astype(DISTANCE_DTYPE)
         relative = Path("distances") / key.subject / key.challenge / f"{key.stem}.npy"
-        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-        np.save(out_dir / relative, distances)
+        target = out_dir / relative
+        if not target.resolve().is_relative_to(out_dir.resolve()) or target.exists():
+            raise NowInputError(f"{key.name}: its distances file {target} would leave --out or "
+                                f"replace another image's")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, distances)
         pooled.append(distances)
         by_challenge[key.challenge].append(distances)
         stats = error_statistics(distances)
