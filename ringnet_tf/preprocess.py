@@ -88,6 +88,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if Path(path).suffix.lower() in IMAGE_SUFFIXES:
             raise ImageReadError(path, "unreadable", "OpenCV cannot decode it: corrupt or an unsupported format")
         raise ImageReadError(path, "not an image", "OpenCV cannot decode it")
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        # In place: the decoded array is ours, and a second copy of a large photo costs memory.
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
     return to_rgb8(image, path)
 
 
@@ -141,12 +144,25 @@ def crop(image: np.ndarray, box: Box, out_size: int) -> np.ndarray:
 
     image: [H, W, 3] uint8 RGB. Returns [out_size, out_size, 3] uint8.
     """
+    affine = box.affine(out_size)
     # Shrinking a lot with bilinear sampling aliases: blur first in proportion.
     shrink = box.size / out_size
-    if shrink > 2.0:
-        sigma = 0.5 * shrink
+    sigma = 0.5 * shrink if shrink > 2.0 else 0.0
+    # Work on the window the box reads (plus the blur's reach: OpenCV's kernel radius is 4 sigma
+    # for uint8), not the whole photo: same pixels, bounded time and memory for huge photos.
+    margin = 4.0 * sigma + 2.0
+    h, w = image.shape[:2]
+    x0 = int(np.clip(np.floor(box.cx - box.size / 2 - margin), 0, w - 1))
+    x1 = int(np.clip(np.ceil(box.cx + box.size / 2 + margin) + 1, x0 + 1, w))
+    y0 = int(np.clip(np.floor(box.cy - box.size / 2 - margin), 0, h - 1))
+    y1 = int(np.clip(np.ceil(box.cy + box.size / 2 + margin) + 1, y0 + 1, h))
+    if (x0, y0, x1, y1) != (0, 0, w, h):
+        image = image[y0:y1, x0:x1]
+        affine = affine.copy()
+        affine[:, 2] += affine[:, :2] @ np.array([x0, y0], np.float64)
+    if sigma:
         image = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
-    return cv2.warpAffine(image, box.affine(out_size), (out_size, out_size), flags=cv2.INTER_LINEAR,
+    return cv2.warpAffine(image, affine, (out_size, out_size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
 
 

@@ -309,3 +309,23 @@ def test_overlay_memory_does_not_grow_with_the_photo():
         tracemalloc.stop()
     # The old figure made several float copies of the photo (> 500 MB here).
     assert peak < 60e6, f"{peak / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("box", [(200.0, 150.0, 90.0), (10.0, 20.0, 600.0), (380.0, 280.0, 70.0),
+                                 (200.0, 150.0, 290.0)])
+def test_crop_reads_only_its_window_with_the_same_pixels(box):
+    """crop() cuts the box's window before blurring (bounded memory on huge photos); the pixels
+    equal blurring and warping the whole photo, the direct way."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    b = preprocess.Box(*box)
+    for size in (32, 64):
+        full = image
+        if b.size / size > 2.0:
+            sigma = 0.5 * b.size / size
+            full = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
+        want = cv2.warpAffine(full, b.affine(size), (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        np.testing.assert_array_equal(preprocess.crop(image, b, size), want)

@@ -232,8 +232,15 @@ class DlibLandmarker:
         dlib = self._dlib
         l, t, r, b = (int(round(v)) for v in (det.left, det.top, det.right, det.bottom))
         p = self._predict(rgb, dlib.rectangle(l, t, r, b))
-        mirrored = np.ascontiguousarray(rgb[:, ::-1])
-        q = self._predict(mirrored, dlib.rectangle(w - 1 - r, t, w - 1 - l, b))
-        q[:, 0] = w - 1 - q[:, 0]
+        # Mirror only a window around the face (one box side of margin, more than the predictor
+        # looks at): a mirrored copy of a whole 8000 x 8000 photo would cost 190 MB.
+        side = max(r - l, b - t, 1)
+        r0, r1 = max(0, t - side), min(h, b + side + 1)
+        c0, c1 = max(0, l - side), min(w, r + side + 1)
+        mirrored = np.ascontiguousarray(rgb[r0:r1, c0:c1][:, ::-1])
+        # Source column x is column c1 - 1 - x of the mirrored window; rows shift by r0.
+        q = self._predict(mirrored, dlib.rectangle(c1 - 1 - r, t - r0, c1 - 1 - l, b - r0))
+        q[:, 0] = c1 - 1 - q[:, 0]
+        q[:, 1] += r0
         q = q[_MIRROR]
         return mirror_confidence(p, q, h, w, self.tolerance)
