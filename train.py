@@ -3,17 +3,64 @@
 Every flag has a default; `--flagfile` reads flags from a file (one `--name=value` per line).
 Writes checkpoints, TensorBoard logs, the resolved config, the final Keras model and a SavedModel
 to --out; rerunning with the same --out resumes from the latest checkpoint.
+
+Prints only its own lines (progress, resume, done; errors as one `error: ...` line on stderr) unless
+--verbose, which keeps TensorFlow's and absl's log lines. Exit codes: 0 done, 2 a bad configuration
+or path, 3 training diverged (a non-finite loss or weight; the checkpoints kept are finite).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
 
-from ringnet_tf.model import BACKBONE_WEIGHTS_HELP, BACKBONES  # noqa: E402
+@contextlib.contextmanager
+def _held_stderr(held: list[str]) -> Iterator[None]:
+    """Holds what is written to file descriptor 2 meanwhile, appending it to `held`.
+
+    TensorFlow's native libraries log at import and at device setup (oneDNN, CUDA, CPU feature
+    lines) straight to the descriptor, before TF_CPP_MIN_LOG_LEVEL applies. If the block raises,
+    the held text is written out at once, so nothing that explains the failure is lost.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (a detached process): nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            if failed:
+                sys.stderr.write(text)
+            elif text:
+                held.append(text)
+
+
+_NATIVE_STARTUP_LOG: list[str] = []  # shown with --verbose only
+with _held_stderr(_NATIVE_STARTUP_LOG):
+    import tensorflow as tf
+    from absl import app, flags
+
+    from ringnet_tf.model import BACKBONE_WEIGHTS_HELP, BACKBONES
+
+    # The GPU probe (CUDA's "failed call to cuInit" on a CPU machine) now, not in the absl init
+    # callback TensorFlow registers to run before main; it does not set devices up (multiworker).
+    tf.config.list_physical_devices("GPU")
 
 F = flags.FLAGS
 flags.DEFINE_string("data", None, "dataset directory (manifest form) for training")
@@ -55,6 +102,8 @@ flags.DEFINE_enum("distribute", "auto", ["auto", "none", "mirrored", "multiworke
 flags.DEFINE_boolean("export_saved_model", True, "write a SavedModel at the end")
 flags.DEFINE_string("init_from", None, "warm start: a run directory or compact checkpoint of the same "
                     "network whose weights start this run (fine-tuning; the optimizer starts fresh)")
+flags.DEFINE_boolean("verbose", False, "keep TensorFlow's and absl's log lines (INFO and up; set "
+                     "TF_CPP_MIN_LOG_LEVEL=0 for the native libraries' INFO lines too)")
 flags.mark_flags_as_required(["data", "out"])
 
 
@@ -80,10 +129,26 @@ def config_from_flags():
                        init_from=F.init_from)
 
 
+def _quiet_logging(verbose: bool) -> None:
+    """Our lines only: TensorFlow's Python logger to errors, absl's to warnings (SavedModel export
+    and checkpoint saving log INFO lines through both), and the native startup lines dropped;
+    with `verbose`, all of them (the startup lines written now)."""
+    import absl.logging
+
+    if verbose:
+        absl.logging.set_verbosity(absl.logging.INFO)
+        tf.get_logger().setLevel("INFO")
+        sys.stderr.write("".join(_NATIVE_STARTUP_LOG))
+        return
+    absl.logging.set_verbosity(absl.logging.WARNING)
+    tf.get_logger().setLevel("ERROR")
+
+
 def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
+    _quiet_logging(F.verbose)
     from flame.io import FlameFileError
     from ringnet_tf.train_lib import run
 
@@ -91,6 +156,9 @@ def main(argv):
         run(config_from_flags())
     except (ValueError, FlameFileError) as e:  # ConfigError, DatasetError, bad sizes
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. the disk filled up while writing a checkpoint
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -170,6 +170,9 @@ def contour_rows(rot_mats: tf.Tensor) -> tf.Tensor:
     most 39, a value y >= 0 selects row y and a negative y row 39 - y, with y < -39 mapping to the
     last row (78). Branch-free, so it compiles under XLA; a discrete choice, so it has no gradient.
 
+    A non-finite rotation (a diverged network) gives row 0 rather than an out-of-range index
+    (NaN cast to int32 is INT_MIN), so the gather after it stays valid and the NaN shows in the loss.
+
     Args:
       rot_mats: [B, J, 3, 3] local joint rotations.
     Returns:
@@ -177,10 +180,11 @@ def contour_rows(rot_mats: tf.Tensor) -> tf.Tensor:
     """
     head = tf.matmul(rot_mats[:, C.ROOT], rot_mats[:, C.NECK])
     yaw = tf.atan2(-head[:, 2, 0], tf.sqrt(head[:, 0, 0] ** 2 + head[:, 1, 0] ** 2))
+    yaw = tf.where(tf.math.is_finite(yaw), yaw, tf.zeros_like(yaw))
     y = tf.round(tf.minimum(-yaw * (180.0 / math.pi), float(C.CONTOUR_MAX_YAW_DEG)))
     y = tf.cast(tf.stop_gradient(y), tf.int32)
     row = tf.where(y >= 0, y, C.CONTOUR_MAX_YAW_DEG - y)
-    return tf.minimum(row, C.CONTOUR_LAST_ROW)
+    return tf.clip_by_value(row, 0, C.CONTOUR_LAST_ROW)
 
 
 def barycentric_points(corners: tf.Tensor, bary: tf.Tensor) -> tf.Tensor:

@@ -2,13 +2,19 @@
 
 `train.py` parses flags into a `TrainConfig` and calls `run`. A run directory holds:
   config.json        the resolved configuration (compared on resume; a different run is refused)
-  checkpoints/       tf.train checkpoints of the network and the optimizer (every `checkpoint_every`)
+  checkpoints/       tf.train checkpoints of the network and the optimizer (every `checkpoint_every`;
+                     the newest 3 kept; a damaged one is skipped on resume for the next older)
   tensorboard/       scalars every `log_every` steps, landmark images at every checkpoint
   ringnet.keras      the final network (Keras format)
   saved_model/       the final network as a SavedModel (serving signature: images -> outputs)
 
 A Keras "epoch" here is one checkpoint interval: the step count, the optimizer state and the data
 position (ring index = step * rings_per_batch) are all restored from the latest checkpoint.
+
+A run's identity is its config up to RESUMABLE_CHANGES and its own location: paths are compared
+resolved (relative or absolute, trailing slash, all the same), and a run directory may be moved.
+A non-finite loss or weight stops training (FloatingPointError) before the step's weights reach a
+checkpoint.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -33,10 +40,16 @@ from ringnet_tf.data import dataset as D
 from ringnet_tf.export import export_saved_model
 from ringnet_tf.data.rings import RingConfig, RingSampler, open_rings
 from ringnet_tf.model import ModelConfig, build_ringnet
-from ringnet_tf.trainer import LossConfig, RingNetTrainer
+from ringnet_tf.trainer import NONFINITE, LossConfig, RingNetTrainer
 
-# Fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("num_steps", "export_saved_model", "log_every")
+# Fields that may change between a run and its resumption (jit_compile: XLA or not, the same maths;
+# its default `auto` is saved resolved, so comparing it refused resuming the same command).
+RESUMABLE_CHANGES = ("num_steps", "export_saved_model", "log_every", "jit_compile")
+# Fields that are paths: compared resolved to absolute, and saved so.
+PATH_FIELDS = ("data", "val_data", "flame_model", "init_from")
+# Fields that are not the run's identity: the resumable ones, and where the run lives (`out`).
+NOT_IDENTITY = RESUMABLE_CHANGES + ("out",)
+_CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 
 class ConfigError(ValueError):
@@ -70,6 +83,11 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def resolved_json(self) -> dict[str, Any]:
+        """to_json with PATH_FIELDS (and `out`) absolute: what config.json stores and resume compares."""
+        d = self.to_json()
+        return {**d, **{k: _absolute(d[k]) for k in (*PATH_FIELDS, "out") if d.get(k)}}
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
@@ -77,6 +95,35 @@ class TrainConfig:
         d["rings"] = RingConfig(**d["rings"])
         d["loss"] = LossConfig(**d["loss"])
         return cls(**d)
+
+
+def _absolute(path: str) -> str:
+    """`path` absolute, normalised (no trailing slash, `..` and symlinks resolved)."""
+    return str(Path(path).expanduser().resolve())
+
+
+def _identity(d: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a config dict that make a run's identity, paths resolved.
+
+    A relative path in an older config.json is resolved against the current directory (runs
+    written now store absolute paths).
+    """
+    return {k: (_absolute(v) if k in PATH_FIELDS and v else v) for k, v in d.items()
+            if k not in NOT_IDENTITY}
+
+
+def _check_out(out: str) -> None:
+    """--out must be a directory, or creatable as one; raises ConfigError (one line)."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{out}: exists and is not a directory (--out)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{out}: cannot create the run directory, {existing} is a file (--out)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{out}: cannot write there, {existing} is not writable (--out)")
 
 
 def validate(config: TrainConfig) -> None:
@@ -92,7 +139,9 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"distribute must be auto, none, mirrored or multiworker; got {config.distribute!r}")
     if not config.learning_rate > 0:
         raise ConfigError(f"learning_rate must be positive; got {config.learning_rate}")
-    for path in [config.data] + ([config.val_data] if config.val_data else []):
+    for flag, path in [("data", config.data)] + ([("val_data", config.val_data)] if config.val_data else []):
+        if not Path(path).exists():
+            raise ConfigError(f"{path}: does not exist (--{flag})")
         try:
             if (Path(path) / D.MANIFEST_NAME).exists() or not (Path(path) / D.META_NAME).exists():
                 records = D.read_manifest(path)
@@ -106,11 +155,15 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(str(e)) from None
     if config.init_from is not None and not Path(config.init_from).exists():
         raise ConfigError(f"{config.init_from}: does not exist (--init_from)")
+    _check_out(config.out)
     saved = Path(config.out) / "config.json"
     if saved.exists():
-        previous = json.loads(saved.read_text())
-        current = config.to_json()
-        diff = sorted(k for k in current if k not in RESUMABLE_CHANGES and previous.get(k) != current[k])
+        try:
+            previous = _identity(json.loads(saved.read_text()))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{saved}: unreadable ({e}); choose another --out") from None
+        current = _identity(config.to_json())
+        diff = sorted(k for k in current if previous.get(k) != current[k])
         if diff:
             raise ConfigError(f"{config.out} holds another run's checkpoints (its config differs in "
                               f"{', '.join(diff)}); choose another --out or resume with the same settings")
@@ -125,22 +178,37 @@ def _strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-class _Progress(keras.callbacks.Callback):
-    """A progress line every `every` steps: step, losses, images per second; stops on NaN."""
+def _losses(logs: dict[str, Any] | None) -> dict[str, Any]:
+    """The logs without the train step's NONFINITE flag (not a loss: never printed or plotted)."""
+    return {k: v for k, v in (logs or {}).items() if k != NONFINITE}
 
-    def __init__(self, every: int, images_per_step: int, total: int, writer, stream=sys.stdout):
+
+class _Progress(keras.callbacks.Callback):
+    """A progress line every `every` steps: step, losses, images per second.
+
+    Stops on a non-finite loss or weight, checked every step (before the interval's checkpoint,
+    which is written at the epoch's end, so no checkpoint holds the diverged weights).
+    """
+
+    def __init__(self, every: int, images_per_step: int, total: int, writer, stream=sys.stdout,
+                 manager: tf.train.CheckpointManager | None = None):
         super().__init__()
         self.every, self.images_per_step, self.total, self.stream = every, images_per_step, total, stream
-        self.writer = writer
+        self.writer, self.manager = writer, manager
         self.last_time, self.last_step = None, None
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         loss = float(logs["loss"])
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) or float(logs.get(NONFINITE, 0.0)) > 0:
             self.model.stop_training = True
-            raise FloatingPointError(f"loss became {loss} at step {step}; training stopped. The last "
-                                     f"checkpoint is intact: lower --learning_rate or check the data")
+            what = f"loss became {loss}" if not math.isfinite(loss) else \
+                f"weights became non-finite (loss {loss:.4g})"
+            latest = self.manager.latest_checkpoint if self.manager is not None else None
+            kept = f"the last checkpoint {latest} is intact" if latest else "no checkpoint was written"
+            raise FloatingPointError(f"{what} at step {step}; training stopped, {kept}: lower "
+                                     f"--learning_rate or check the data")
+        logs = _losses(logs)
         now = time.perf_counter()
         if self.last_time is None:
             self.last_time, self.last_step = now, step
@@ -168,7 +236,7 @@ class _CheckpointAndSummaries(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         self.manager.save(checkpoint_number=step)
         with self.writer.as_default(step=step):
-            for k, v in (logs or {}).items():
+            for k, v in _losses(logs).items():
                 tf.summary.scalar(f"interval/{k}", float(v))
             if self.sample is not None:
                 tf.summary.image("landmarks", self._draw(), max_outputs=len(self.sample["images"]))
@@ -184,10 +252,84 @@ class _CheckpointAndSummaries(keras.callbacks.Callback):
             for (x, y, c) in t:
                 if c > 0:
                     cv2.circle(canvas, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
-            for (x, y) in p:
+            drawable = np.isfinite(p).all(axis=1) & (np.abs(p) < 1e6).all(axis=1)  # int(nan) raises
+            for (x, y) in p[drawable]:
                 cv2.circle(canvas, (int(round(x)), int(round(y))), 1, (255, 0, 0), -1)
             drawn.append(canvas)
         return np.stack(drawn)
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (TensorFlow's span many, with node names and stacks)."""
+    text = getattr(e, "message", None) or str(e) or type(e).__name__
+    line = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _listed_checkpoints(directory: Path, stream) -> list[str]:
+    """Checkpoint prefixes in `directory`, newest first.
+
+    From the `checkpoint` state file; when that is unreadable (garbage, or missing while
+    checkpoints exist), from the ckpt-N.index files, and the state file is rewritten to list them
+    (relative paths, as CheckpointManager writes) so the manager that follows keeps rotating them.
+    """
+    on_disk = sorted(((int(m.group(1)), f"ckpt-{m.group(1)}") for f in directory.glob("ckpt-*.index")
+                      if (m := _CHECKPOINT_INDEX.match(f.name))), reverse=True)
+    state_file = directory / "checkpoint"
+    problem = None
+    if state_file.exists():
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")  # get_checkpoint_state logs a parse error as a warning; we say it once
+        try:
+            state = tf.train.get_checkpoint_state(str(directory))
+        except ValueError:  # parses, but names no checkpoint
+            state = None
+        finally:
+            logger.setLevel(level)
+        if state is not None:
+            listed = [p for p in reversed(state.all_model_checkpoint_paths) if p != state.model_checkpoint_path]
+            return [state.model_checkpoint_path, *listed]
+        problem = "not a checkpoint state file"
+    elif on_disk:
+        problem = "missing"
+    if problem is None:
+        return []  # a new run
+    print(f"skipped {state_file}: {problem}; using the {len(on_disk)} ckpt-N.index files there",
+          file=stream, flush=True)
+    if on_disk:
+        names = [name for _, name in reversed(on_disk)]  # oldest first, the newest last
+        text = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
+            f'all_model_checkpoint_paths: "{n}"\n' for n in names)
+        tmp = state_file.with_name(state_file.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, state_file)
+    return [str(directory / name) for _, name in on_disk]
+
+
+def restore_newest_readable(net: keras.Model, optimizer: keras.optimizers.Optimizer, directory: Path,
+                            stream=sys.stdout) -> str | None:
+    """Restores the newest checkpoint in `directory` that reads whole; returns its prefix.
+
+    A damaged one (truncated or missing data shard, garbage index) is skipped with one line naming
+    it and the reason, for the next older (CheckpointManager keeps 3). None: no checkpoint there
+    (a new run). Raises ConfigError when there are checkpoints but none reads.
+    """
+    candidates = _listed_checkpoints(directory, stream)
+    for path in candidates:
+        # A fresh Checkpoint per attempt: nothing of a failed restore is left queued. A failed one
+        # may have assigned some variables; the next restore assigns all (assert_existing_objects_matched).
+        attempt = tf.train.Checkpoint(net=net, optimizer=optimizer)
+        try:
+            attempt.restore(path).assert_existing_objects_matched()
+            return path
+        except Exception as e:  # noqa: BLE001: damage shows as OpError, IndexError, DecodeError, ...
+            print(f"skipped checkpoint {path}: {type(e).__name__}: {_first_line(e)}", file=stream,
+                  flush=True)
+    if candidates:
+        raise ConfigError(f"{directory}: no readable checkpoint ({len(candidates)} damaged); remove the "
+                          f"folder to start over, or choose another --out")
+    return None
 
 
 def warm_start(net: keras.Model, source: str, model: ModelConfig, flame_model: str | None) -> None:
@@ -225,7 +367,6 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
     """Trains (or resumes) a run; returns the final metrics and the paths written."""
     validate(config)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     if config.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
     flame = load_flame(config.flame_model)
@@ -241,22 +382,29 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
         optimizer = keras.optimizers.Adam(config.learning_rate)
         trainer.compile(optimizer=optimizer, jit_compile=jit)
         optimizer.build(trainer.trainable_variables)
-    resolved = {**config.to_json(), "flame_fingerprint": flame.fingerprint(), "jit_compile": jit}
+    resolved = {**config.resolved_json(), "flame_fingerprint": flame.fingerprint(), "jit_compile": jit}
     saved = out / "config.json"
     if saved.exists() and json.loads(saved.read_text()).get("flame_fingerprint") != flame.fingerprint():
         raise ConfigError(f"{out} was trained with another head model (fingerprint differs)")
-    saved.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    try:  # created only now: a run that cannot start (bad head model, devices) leaves nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot create the run directory ({e.strerror or e}) (--out)") from None
+    try:
+        saved.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    except OSError as e:
+        raise ConfigError(f"{saved}: cannot write ({e.strerror or e}) (--out)") from None
 
+    ckpt_dir = out / "checkpoints"
+    restored = restore_newest_readable(net, optimizer, ckpt_dir, stream) if ckpt_dir.is_dir() else None
     ckpt = tf.train.Checkpoint(net=net, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(ckpt, str(out / "checkpoints"), max_to_keep=3)
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    elif config.init_from is not None:
+    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=3)
+    if restored is None and config.init_from is not None:  # a warm start only for a new run
         warm_start(net, config.init_from, config.model, config.flame_model)
         print(f"weights initialised from {config.init_from}", file=stream, flush=True)
     step0 = int(optimizer.iterations.numpy())
     if step0:
-        print(f"resuming {out} at step {step0}", file=stream, flush=True)
+        print(f"resuming {out} at step {step0} ({Path(restored or '?').name})", file=stream, flush=True)
     final: dict[str, float] = {}
     if step0 >= config.num_steps:
         # Already trained that far (e.g. stopped by hand, then finished with a smaller
@@ -277,7 +425,7 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
         interval = config.checkpoint_every
         callbacks = [
             _Progress(config.log_every, rings_cfg.rings_per_batch * rings_cfg.ring_size, config.num_steps,
-                      writer, stream),
+                      writer, stream, manager),
             _CheckpointAndSummaries(manager, writer, sample, config.model.image_size),
         ]
         history = trainer.fit(
@@ -285,7 +433,7 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
             initial_epoch=step0 // interval, validation_data=val_ds,
             validation_steps=config.val_steps if val_ds is not None else None,
             callbacks=callbacks, shuffle=False, verbose=0)
-        final = {k: float(v[-1]) for k, v in history.history.items()}
+        final = {k: float(v[-1]) for k, v in _losses(history.history).items()}
     net.save(out / "ringnet.keras")
     written = [out / "ringnet.keras"]
     if config.export_saved_model:

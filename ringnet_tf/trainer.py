@@ -15,6 +15,9 @@ import tensorflow as tf
 from ringnet_tf import camera, losses
 
 LOSS_NAMES = ("loss", "shape_consistency", "landmarks", "shape_prior", "expression_prior")
+# Key of the train step's logs that is 1 when this step's loss or any weight after its update is
+# not finite (0 otherwise): a per-step value, not a running mean, and not a loss to report.
+NONFINITE = "nonfinite"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +36,9 @@ class RingNetTrainer(keras.Model):
 
     `call(images)` runs the wrapped network on [B, S, S, 3] images. `compute_ring_losses` gives the
     weighted total and its parts for a ring batch (dict, LOSS_NAMES). Losses are float32 even when
-    the backbone runs in float16/bfloat16 (the network's outputs are float32).
+    the backbone runs in float16/bfloat16 (the network's outputs are float32). `train_step` also
+    returns NONFINITE, checked on device after the update so a diverged step is caught before
+    anything (a checkpoint, the next step) uses its weights.
     """
 
     def __init__(self, net: keras.Model, loss_config: LossConfig = LossConfig(), **kwargs: Any):
@@ -78,7 +83,18 @@ class RingNetTrainer(keras.Model):
             scaled = self.optimizer.scale_loss(parts["loss"] / replicas)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        return self._update(parts)
+        logs = self._update(parts)
+        logs[NONFINITE] = 1.0 - tf.cast(self._all_finite(parts["loss"]), tf.float32)
+        return logs
+
+    def _all_finite(self, loss: tf.Tensor) -> tf.Tensor:
+        """[] bool: the loss and every trainable weight (read after the update) are finite.
+
+        One reduction per variable, fused into the step: cheap next to the backbone's gradients.
+        """
+        checks = [tf.reduce_all(tf.math.is_finite(loss))]
+        checks += [tf.reduce_all(tf.math.is_finite(v)) for v in self.trainable_variables]
+        return tf.reduce_all(tf.stack(checks))
 
     def test_step(self, data):
         parts, _ = self.compute_ring_losses(data, training=False)
