@@ -1,6 +1,16 @@
 """The RingNet network: ResNet-50 encoder -> iterative regressor -> FLAME -> weak-perspective camera.
 
 Letters in shapes: B images, P parameters (159 with the paper's sizes), T regressor stages.
+
+Two config fields exist for networks converted from RingNet's released TF 1 checkpoint
+(`ringnet_tf.convert_original`); both default to this project's own choices, so configs written
+before they existed load unchanged:
+- `pool1`: "keras" (keras.applications' ResNet50V2: ZeroPadding2D(1), then a 3x3 / 2 VALID max
+  pool) or "slim" (TF-slim's resnet_v2_50: a 3x3 / 2 SAME max pool, no padding layer). The two
+  differ only there and hold the same weights in the same order.
+- `output_convention`: "ours" or "ringnet". With "ringnet" the regressor estimates parameters in
+  RingNet's (HMR's) convention and `RingNetConvention` maps every stage's estimate to ours, exactly
+  (see its docstring): outputs are then in this project's convention like any other network's.
 """
 from __future__ import annotations
 
@@ -16,6 +26,8 @@ from ringnet_tf import camera
 from ringnet_tf.params import ParamSpec
 
 BACKBONES = ("resnet50", "tiny")
+POOL1_KINDS = ("keras", "slim")
+OUTPUT_CONVENTIONS = ("ours", "ringnet")
 BACKBONE_WEIGHTS_HELP = "none (random init), imagenet (Keras' download; network needed), or a .weights.h5 path"
 
 
@@ -35,6 +47,10 @@ class ModelConfig:
     # Initial ("mean") camera scale: normalised image units per metre. A head about 0.2 m tall
     # filling ~70% of a loosely cropped image: 2 * 0.7 / 0.2 = 7.
     init_cam_scale: float = 7.0
+    # ResNet-50's first max pool: "keras" or "slim" (see the module docstring).
+    pool1: str = "keras"
+    # "ours" or "ringnet": the regressor's own convention (see the module docstring).
+    output_convention: str = "ours"
 
     @property
     def spec(self) -> ParamSpec:
@@ -49,12 +65,27 @@ class ModelConfig:
             raise ValueError(f"num_stages must be at least 1; got {self.num_stages}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.pool1 not in POOL1_KINDS:
+            raise ValueError(f"pool1 must be one of {', '.join(POOL1_KINDS)}; got {self.pool1!r}")
+        if self.pool1 != "keras" and self.backbone != "resnet50":
+            raise ValueError(f"pool1 {self.pool1!r} applies to the resnet50 backbone only; "
+                             f"got backbone {self.backbone!r}")
+        if self.output_convention not in OUTPUT_CONVENTIONS:
+            raise ValueError(f"output_convention must be one of {', '.join(OUTPUT_CONVENTIONS)}; "
+                             f"got {self.output_convention!r}")
         self.spec  # validates the parameter sizes  # noqa: B018
 
     def mean_params(self) -> np.ndarray:
-        """[P] float32 starting estimate: zero pose, shape and expression; centred camera."""
+        """[P] float32 starting estimate: zero pose, shape and expression; centred camera.
+
+        In the "ringnet" convention the upright head has the global rotation pi about x (HMR's
+        start), so that is the starting pose there. A converted checkpoint stores its own mean.
+        """
         theta = np.zeros(self.spec.total, np.float32)
-        theta[self.spec.slices()["cam"].start] = self.init_cam_scale
+        slices = self.spec.slices()
+        theta[slices["cam"].start] = self.init_cam_scale
+        if self.output_convention == "ringnet":
+            theta[slices["pose"].start] = np.pi
         return theta
 
 
@@ -133,6 +164,83 @@ class WeakPerspective(keras.layers.Layer):
         return (*points_shape[:-1], 2)
 
 
+# RingNet's pixels: u = (x_n + 1) * S / 2 (HMR's keypoint normalisation); ours subtract half a pixel.
+RINGNET_PIXEL_OFFSET = 0.5
+# Below this |sin(angle / 2)| the axis-angle of a rotation uses its series (exact to float32 there).
+_SMALL_HALF_SINE = 1e-4
+
+
+def ringnet_to_ours(theta, root_y, image_size: float, xp=keras.ops):
+    """RingNet's (HMR's) parameters to this project's, exactly: the same mesh, the same pixels.
+
+    RingNet's meshes are FLAME turned upside down (its global rotation includes pi about x) and
+    projected with y down and the pixel convention u = (x_n + 1) S / 2. With F = diag(1, -1, -1)
+    (a half turn about x) and J0 FLAME's root joint (FLAME rotates about J0, not the origin):
+      - global rotation: R_ours = F R_ring, so every vertex V_ours = F (V_ring - J0) + J0;
+      - camera scale s unchanged; tx_ours = tx + h; ty_ours = -ty - 2 J0_y - h, where h = 1 / (S s)
+        is half a pixel in metres (pixel centres at whole numbers in both conventions);
+      - jaw, shape and expression unchanged.
+    Then `camera.project(V_ours, cam_ours, S)` equals RingNet's projection of V_ring, pixel for pixel.
+    The rotation is composed with quaternions (q_F = (0, 1, 0, 0)), so it stays exact near pi.
+
+    Args:
+      theta: [..., P] RingNet's parameters (cam 3, pose 6, shape, expression).
+      root_y: [...] y of FLAME's rest-pose root joint for each estimate's shape and expression.
+      image_size: the network's input side S.
+      xp: the array namespace: keras.ops (default; tensors) or numpy.
+    Returns:
+      [..., P] in this project's convention (same array type).
+    """
+    s, tx, ty = theta[..., 0], theta[..., 1], theta[..., 2]
+    r = theta[..., 3:6]
+    # Half a pixel, in metres; a vanishing scale is kept finite (its sign kept).
+    tiny = 1e-8
+    safe_s = xp.where(xp.abs(s) < tiny, xp.where(s < 0, -tiny, tiny), s)
+    half = RINGNET_PIXEL_OFFSET * 2.0 / (image_size * safe_s)
+    # Axis-angle -> unit quaternion (w, x, y, z); sin(a/2)/a by its series near zero.
+    angle_sq = xp.sum(r * r, axis=-1)
+    angle = xp.sqrt(xp.maximum(angle_sq, 1e-30))
+    small = angle_sq < 1e-8
+    k = xp.where(small, 0.5 - angle_sq / 48.0, xp.sin(0.5 * angle) / angle)
+    qw, qx, qy, qz = xp.cos(0.5 * angle), k * r[..., 0], k * r[..., 1], k * r[..., 2]
+    # q_F * q with q_F = (0, 1, 0, 0): (w, x, y, z) -> (-x, w, -z, y); then w >= 0 (same rotation).
+    sign = xp.where(qx > 0, -1.0, 1.0)
+    w, v = -qx * sign, xp.stack([qw * sign, -qz * sign, qy * sign], axis=-1)
+    half_sine = xp.sqrt(xp.sum(v * v, axis=-1))
+    safe = xp.maximum(half_sine, _SMALL_HALF_SINE)
+    # angle / sin(angle / 2) = 2 atan2(n, w) / n, and its limit 2 / w (1 - n^2 / (3 w^2)) near zero.
+    # (w is ~1 wherever the series is used; the clamp keeps the unused branch finite elsewhere.)
+    w_near_one = xp.maximum(w, 0.5)
+    factor = xp.where(half_sine < _SMALL_HALF_SINE,
+                      2.0 / w_near_one * (1.0 - half_sine * half_sine / (3.0 * w_near_one * w_near_one)),
+                      2.0 * xp.arctan2(safe, w) / safe)
+    rot = v * factor[..., None]
+    cam = xp.stack([s, tx + half, -ty - 2.0 * root_y - half], axis=-1)
+    return xp.concatenate([cam, rot, theta[..., 6:]], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="ringnet_tf")
+class RingNetConvention(keras.layers.Layer):
+    """`ringnet_to_ours` as a layer, float32: theta [N, P], root_y [N] -> [N, P] (no weights)."""
+
+    def __init__(self, image_size: int, **kwargs: Any):
+        kwargs.pop("dtype", None)
+        super().__init__(dtype="float32", **kwargs)
+        self.image_size = int(image_size)
+
+    def call(self, theta, root_y):
+        theta = keras.ops.cast(theta, "float32")
+        return ringnet_to_ours(theta, keras.ops.cast(root_y, "float32"), float(self.image_size))
+
+    def compute_output_shape(self, theta_shape, root_y_shape):
+        return theta_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(image_size=self.image_size)
+        return config
+
+
 def _tiny_backbone(image_size: int) -> keras.Model:
     """Three strided conv blocks and global pooling, [B, H, W, 3] -> [B, 64]: compiles in seconds."""
     images = keras.Input((image_size, image_size, 3))
@@ -144,13 +252,40 @@ def _tiny_backbone(image_size: int) -> keras.Model:
     return keras.Model(images, keras.layers.GlobalAveragePooling2D()(x), name="backbone")
 
 
-def build_backbone(image_size: int, weights: str = "none", name: str = "resnet50") -> keras.Model:
+def _with_slim_pool1(backbone: keras.Model) -> keras.Model:
+    """keras.applications' ResNet50V2 with TF-slim's pool1: the padding layer becomes an identity
+    and the VALID 3x3 / 2 max pool a SAME one. Every other layer is cloned with its config (and
+    the weights copied), so names, weight order and shapes stay those of the Keras model.
+
+    Why: Keras pads with zeros before its VALID pool, and since conv1 has no activation before
+    the pool, a zero can be the maximum; slim's SAME pool pads nothing that can win, and (at even
+    sizes) lays its windows one pixel later. Features of the two differ by up to ~6% of their range.
+    """
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if layer.name == "pool1_pad":
+            return keras.layers.Identity(name="pool1_nopad")
+        if layer.name == "pool1_pool":
+            return keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool",
+                                             dtype=layer.dtype_policy)
+        return layer.__class__.from_config(layer.get_config())
+
+    for name in ("pool1_pad", "pool1_pool"):
+        backbone.get_layer(name)  # raises ValueError if keras.applications renamed them
+    slim = keras.models.clone_model(backbone, clone_function=clone)
+    slim.set_weights(backbone.get_weights())
+    return slim
+
+
+def build_backbone(image_size: int, weights: str = "none", name: str = "resnet50",
+                   pool1: str = "keras") -> keras.Model:
     """The encoder: ResNet-50 (v2: pre-activation, inputs in [-1, 1] as RingNet's are), globally
     average pooled, [B, H, W, 3] -> [B, 2048]; or the "tiny" test backbone.
 
     `weights`: "none", "imagenet" (Keras downloads them: only when asked, never in tests), or a
-    path to a `.weights.h5` file of this backbone.
+    path to a `.weights.h5` file of this backbone. `pool1`: "keras" or "slim" (module docstring).
     """
+    if pool1 not in POOL1_KINDS:
+        raise ValueError(f"pool1 must be one of {', '.join(POOL1_KINDS)}; got {pool1!r}")
     if name == "tiny":
         backbone = _tiny_backbone(image_size)
         if weights == "imagenet":
@@ -159,6 +294,8 @@ def build_backbone(image_size: int, weights: str = "none", name: str = "resnet50
         backbone = keras.applications.ResNet50V2(
             include_top=False, weights="imagenet" if weights == "imagenet" else None,
             input_shape=(image_size, image_size, 3), pooling="avg", name="backbone")
+        if pool1 == "slim":
+            backbone = _with_slim_pool1(backbone)
     if weights not in ("none", "imagenet"):
         try:
             backbone.load_weights(weights)
@@ -182,10 +319,20 @@ def build_ringnet(flame: FlameModel | FlameLayer, config: ModelConfig = ModelCon
         raise ValueError(f"FLAME layer has {flame.num_shape} / {flame.num_expression} components; "
                          f"config asks for {spec.num_shape} / {spec.num_expression}")
     images = keras.Input((config.image_size, config.image_size, 3), name="images")
-    features = build_backbone(config.image_size, config.backbone_weights, config.backbone)(images)
+    features = build_backbone(config.image_size, config.backbone_weights, config.backbone,
+                              config.pool1)(images)
     regressor = IterativeRegressor(config.mean_params(), config.num_stages, config.hidden,
                                    config.dropout, name="regressor")
     stages = regressor(features)
+    if config.output_convention == "ringnet":
+        # Every stage's estimate needs the root joint of its own shape and expression: one FLAME
+        # pass over all B * T estimates (zero pose; only its joints are used).
+        flat = keras.ops.reshape(stages, (-1, spec.total))
+        ring = {name: flat[:, s] for name, s in spec.slices().items()}
+        rest = flame(ring["shape"], ring["expression"], keras.ops.zeros_like(ring["pose"]))
+        flat = RingNetConvention(config.image_size, name="ringnet_convention")(
+            flat, rest["joints"][:, 0, 1])
+        stages = keras.ops.reshape(flat, (-1, config.num_stages, spec.total))
     theta = stages[:, -1]
     parts = {name: theta[:, s] for name, s in spec.slices().items()}
     decoded = flame(parts["shape"], parts["expression"], parts["pose"])

@@ -6,8 +6,9 @@ Two steps:
    square image. Points (landmarks) go through the same affine map as the pixels.
 2. Normalise: uint8 RGB -> float32 in [-1, 1] (`2 * (x / 255 - 0.5)`, as RingNet).
 
-Without a face box, `centre_box` reproduces the original RingNet demo: the largest centred square
-(the image is padded by edge replication when the box leaves it).
+Without a face box, `centre_box` + `crop` reproduce the original RingNet demo's preprocessing
+exactly (RingNet's util/image.py, after HMR): scale the longer side to the crop size, pad by edge
+replication, crop the centred square (see `CentreBox`).
 """
 from __future__ import annotations
 
@@ -134,16 +135,71 @@ def box_from_detection(left: float, top: float, right: float, bottom: float,
     return Box((left + right) / 2, (top + bottom) / 2 - CENTRE_SHIFT_UP * size, float(size))
 
 
-def centre_box(height: int, width: int) -> Box:
-    """The original RingNet demo's crop: the image's longer side, centred (padding by replication)."""
-    return Box((width - 1) / 2, (height - 1) / 2, float(max(height, width)))
+@dataclasses.dataclass(frozen=True)
+class CentreBox(Box):
+    """The original RingNet demo's crop of a whole `height` x `width` image, for any crop size n.
+
+    RingNet's steps (util/image.py, from HMR), which `crop` and `affine` follow to the integer:
+      scale = n / max(h, w) (1 if max(h, w) == n); cv2.resize (bilinear) to
+      (floor(h scale), floor(w scale)); centre = round((h, w) / 2) (NumPy's half-to-even), scaled by
+      the actual per-axis factors and rounded; np.pad by n // 2 with mode "edge"; the n x n
+      square starting n // 2 before the centre (RingNet's n is even: 224). A sliver that
+      would scale to no rows (or columns) keeps one, where RingNet's demo fails.
+    `cx`, `cy`, `size` are the nominal box (the whole image's centre and longer side); the exact
+    map, which the rounding can shift by a fraction of a pixel per axis, is `affine(n)`.
+    """
+
+    height: int = 0
+    width: int = 0
+
+    def steps(self, out_size: int) -> tuple[int, int, int, int]:
+        """(scaled width, scaled height, crop start x, crop start y) in scaled-image pixels."""
+        h, w = self.height, self.width
+        scale = float(out_size) / max(h, w) if max(h, w) != out_size else 1.0
+        # At least one row and column: RingNet's demo fails on a sliver that would scale to none.
+        new_h, new_w = (max(1, int(v)) for v in np.floor(np.array([h, w]) * scale))
+        centre = np.round(np.array([h, w]) / 2).astype(int)[::-1]  # (x, y)
+        scaled = np.round(centre * np.array([new_w / w, new_h / h])).astype(int)
+        start = scaled - out_size // 2
+        return new_w, new_h, int(start[0]), int(start[1])
+
+    def affine(self, out_size: int) -> np.ndarray:
+        """[2, 3] float64 source pixels -> crop pixels: OpenCV's resize (x + 0.5) f - 0.5, then the shift."""
+        new_w, new_h, x0, y0 = self.steps(out_size)
+        fx, fy = new_w / self.width, new_h / self.height
+        return np.array([[fx, 0.0, 0.5 * fx - 0.5 - x0],
+                         [0.0, fy, 0.5 * fy - 0.5 - y0]])
+
+
+def centre_box(height: int, width: int) -> CentreBox:
+    """The original RingNet demo's crop: the image's longer side, centred (padding by replication).
+    `crop` with this box does exactly what RingNet's demo did (see `CentreBox`)."""
+    return CentreBox((width - 1) / 2, (height - 1) / 2, float(max(height, width)), int(height), int(width))
+
+
+def _crop_like_ringnet(image: np.ndarray, box: CentreBox, out_size: int) -> np.ndarray:
+    if image.shape[:2] != (box.height, box.width):
+        raise ValueError(f"the centre box is for a {box.width} x {box.height} image, got "
+                         f"{image.shape[1]} x {image.shape[0]}")
+    new_w, new_h, x0, y0 = box.steps(out_size)
+    scaled = cv2.resize(image, (new_w, new_h))  # bilinear, no antialiasing: as RingNet
+    # RingNet pads n // 2 on every side; padding just what the window needs gives the same pixels
+    # (and an odd n its last row and column).
+    before = (max(0, -y0), max(0, -x0))
+    after = (max(0, y0 + out_size - new_h), max(0, x0 + out_size - new_w))
+    padded = np.pad(scaled, ((before[0], after[0]), (before[1], after[1]), (0, 0)), mode="edge")
+    y, x = y0 + before[0], x0 + before[1]
+    return np.ascontiguousarray(padded[y:y + out_size, x:x + out_size])
 
 
 def crop(image: np.ndarray, box: Box, out_size: int) -> np.ndarray:
     """Resamples the box to an out_size x out_size image (bilinear; edge replication outside).
+    A `CentreBox` (`centre_box`) crops exactly as RingNet's demo did (resize, pad, slice).
 
     image: [H, W, 3] uint8 RGB. Returns [out_size, out_size, 3] uint8.
     """
+    if isinstance(box, CentreBox):
+        return _crop_like_ringnet(image, box, out_size)
     affine = box.affine(out_size)
     # Shrinking a lot with bilinear sampling aliases: blur first in proportion.
     shrink = box.size / out_size

@@ -350,6 +350,10 @@ def warm_start(net: keras.Model, source: str, model: ModelConfig, flame_model: s
         raise ConfigError(f"{source}: a SavedModel cannot start training; give a run directory or "
                           f"a compact checkpoint (--init_from)")
     saved = json.loads((Path(source) / "config.json").read_text())["model"]
+    try:  # fields a checkpoint predates take their defaults (what it was built with)
+        saved = dataclasses.asdict(ModelConfig(**{**saved, "backbone_weights": model.backbone_weights}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: bad model config ({e})") from None
     mine = dataclasses.asdict(model)
     diff = sorted(k for k in mine if k != "backbone_weights" and saved.get(k) != mine[k])
     if diff:

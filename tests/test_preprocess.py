@@ -40,3 +40,64 @@ def test_normalise_numpy_and_tf():
     img = np.array([[[0, 255, 51]]], np.uint8)
     np.testing.assert_allclose(P.normalise(img), [[[-1.0, 1.0, -0.6]]], atol=1e-6)
     np.testing.assert_allclose(P.normalise(tf.constant(img)).numpy(), [[[-1.0, 1.0, -0.6]]], atol=1e-6)
+
+
+def _ringnet_demo_crop(img: np.ndarray, img_size: int) -> np.ndarray:
+    """RingNet's demo preprocessing, step by step as its demo.py and util/image.py do it (without
+    the final scaling to [-1, 1]): the reference `centre_box` + `crop` must reproduce."""
+    import cv2
+
+    if np.max(img.shape[:2]) != img_size:
+        scale = float(img_size) / np.max(img.shape[:2])
+    else:
+        scale = 1.0
+    center = np.round(np.array(img.shape[:2]) / 2).astype(int)[::-1]  # (x, y)
+    new_size = np.floor(np.array(img.shape[0:2]) * scale).astype(int)
+    scaled = cv2.resize(img, (int(new_size[1]), int(new_size[0])))
+    factors = [new_size[1] / float(img.shape[1]), new_size[0] / float(img.shape[0])]
+    center_scaled = np.round(center * factors).astype(int)
+    margin = int(img_size / 2)
+    padded = np.pad(scaled, ((margin,), (margin,), (0,)), mode="edge")
+    start, end = center_scaled, center_scaled + 2 * margin  # centre + margin -/+ margin, padded
+    return padded[start[1]:end[1], start[0]:end[0], :]
+
+
+@pytest.mark.parametrize("height,width", [(300, 400), (301, 457), (224, 224), (100, 80), (1000, 333),
+                                          (225, 223), (9, 999), (640, 480), (227, 3)])
+@pytest.mark.parametrize("size", [224, 128])
+def test_centre_box_crop_reproduces_ringnets_demo(height, width, size):
+    rng = np.random.default_rng(height * 7 + width)
+    # Smooth content plus noise: every resampling difference would show.
+    y, x = np.mgrid[0:height, 0:width]
+    base = 127 + 100 * np.sin(x[..., None] / 7.0 + y[..., None] / 11.0 + np.arange(3))
+    image = np.clip(base + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+    ours = P.crop(image, P.centre_box(height, width), size)
+    ref = _ringnet_demo_crop(image, size)
+    assert ours.shape == ref.shape == (size, size, 3)
+    np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("height,width", [(300, 400), (301, 457), (1000, 333), (100, 80)])
+def test_centre_box_affine_follows_ringnets_crop(height, width):
+    # A dot's centre in the photo lands where the box's affine map puts it (to the resampling's blur).
+    image = np.zeros((height, width, 3), np.uint8)
+    cy, cx = int(0.37 * height), int(0.61 * width)
+    r = max(2, max(height, width) // 40)
+    image[cy - r:cy + r + 1, cx - r:cx + r + 1] = 255
+    box = P.centre_box(height, width)
+    out = P.crop(image, box, 224)
+    dot = P.transform_points(np.array([[cx, cy]], np.float64), box.affine(224))[0]
+    weights = out[..., 0].astype(np.float64)
+    ys, xs = np.mgrid[0:224, 0:224]
+    centroid = np.array([(xs * weights).sum(), (ys * weights).sum()]) / weights.sum()
+    np.testing.assert_allclose(centroid, dot, atol=0.15)
+    # The nominal box (centre, longer side) is the whole image, as before.
+    assert (box.cx, box.cy, box.size) == ((width - 1) / 2, (height - 1) / 2, max(height, width))
+
+
+def test_centre_box_crop_of_a_sliver_keeps_one_row():
+    # RingNet's demo fails here (the image scales to no rows); ours replicates the one row left.
+    image = np.random.default_rng(0).integers(0, 255, (2, 999, 3)).astype(np.uint8)
+    out = P.crop(image, P.centre_box(2, 999), 128)
+    assert out.shape == (128, 128, 3)
+    np.testing.assert_array_equal(out[0], out[-1])
