@@ -10,7 +10,8 @@ from flame.model import save_flame_files
 from ringnet_tf.data import dataset as D
 from ringnet_tf.data.synthetic import SynthConfig, generate
 from ringnet_tf.evaluate.__main__ import main
-from ringnet_tf.evaluate.synthetic import evaluate_synthetic, nme, shape_diagnostics
+from ringnet_tf.evaluate.synthetic import (evaluate_synthetic, format_noise, measure_detector_noise, nme,
+                                           person_groups, shape_diagnostics)
 from ringnet_tf.inference import load_predictor, save_compact
 from ringnet_tf.model import ModelConfig, build_ringnet
 from tests.conftest import make_tiny_model
@@ -93,9 +94,56 @@ def test_cli_writes_json_and_refuses_a_mismatched_head_model(setup, tmp_path, ca
             "--flame_model", str(setup / "flame"), "--fit_steps", "3", "--quiet"]
     assert main(args + ["--out", str(tmp_path / "r.json")]) == 0
     assert set(json.loads((tmp_path / "r.json").read_text())["results"]) == {
-        "network", "mean shape", "landmark fitting", "network + refinement"}
+        "network", "mean shape", "landmark fitting", "network + refinement", "shared shape x2",
+        "network + refinement, noisy", "shared shape x2, noisy"}  # 2 images per identity: no x4, x8
     assert "mean shape" in capsys.readouterr().out
     save_flame_files(make_tiny_model(seed=3, num_vertices=300), tmp_path / "other")
     args[args.index(str(setup / "flame"))] = str(tmp_path / "other")
     assert main(args) == 1
     assert "trained with head model" in capsys.readouterr().err
+
+
+def test_shared_rows_and_noisy_rows(setup):
+    inner = load_predictor(setup / "ckpt", str(setup / "flame"))
+    results = evaluate_synthetic(inner, setup / "data", fit_steps=20, shared_sizes=(2, 4))
+    assert "shared shape x4" not in results  # more than the 2 images per identity
+    for name in ("shared shape x2", "network + refinement, noisy", "shared shape x2, noisy"):
+        assert results[name]["images"] == 4 and np.isfinite(results[name]["median_mm"])
+    assert 0 <= results["shared shape x2"]["excluded"] <= 4  # counted (20 steps on a random model
+    # leave the fits far off: pairs lose members to the failed-fit rule only)
+    only = evaluate_synthetic(inner, setup / "data", fit_steps=5, shared_sizes=(), noisy=False)
+    assert set(only) == {"network", "mean shape", "landmark fitting", "network + refinement"}
+
+
+def test_person_groups():
+    ids = ["a", "a", "a", "b", "a", "b", "b"]
+    np.testing.assert_array_equal(person_groups(ids, 2), [0, 0, 1, 2, 1, 2, 3])
+    np.testing.assert_array_equal(person_groups(ids, 8), [0, 0, 0, 1, 0, 1, 1])
+
+
+class ShiftedLandmarker:
+    """A stand-in for dlib: returns each image's true landmarks moved by a known offset (in face
+    sizes) and finds no face in every third image."""
+
+    def __init__(self, records, offset):
+        self.records, self.offset, self.i = records, np.asarray(offset), -1
+
+    def detect(self, rgb):
+        self.i += 1
+        return [] if self.i % 3 == 2 else ["face"]
+
+    def landmarks(self, rgb, det):
+        lm = self.records[self.i].landmarks
+        size = (lm[:, :2].max(0) - lm[:, :2].min(0)).max()
+        return type("F", (), {"points": lm[:, :2] + self.offset * size})()
+
+
+def test_measure_detector_noise_with_a_known_detector(setup):
+    records = D.read_manifest(setup / "data")
+    stats = measure_detector_noise(setup / "data", landmarker=ShiftedLandmarker(records, [0.01, 0.0]))
+    assert stats["total"] == 4 and stats["detected"] == 3
+    assert stats["gross_rate"] == 0.0
+    # A constant offset is all systematic: no spread, a bias of 0.01 face sizes everywhere.
+    assert max(stats["sigma"].values()) < 1e-6
+    assert all(b == pytest.approx(0.01, abs=1e-6) for b in stats["bias"].values())
+    assert "detected 3 of 4" in format_noise(stats)
