@@ -329,3 +329,31 @@ def test_crop_reads_only_its_window_with_the_same_pixels(box):
         want = cv2.warpAffine(full, b.affine(size), (size, size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
         np.testing.assert_array_equal(preprocess.crop(image, b, size), want)
+
+
+def test_texture_option_writes_a_textured_obj_trio(tmp_path, capsys):
+    """demo.py --texture on the bundled checkpoint: OBJ + MTL + PNG that trimesh opens with UVs, the
+    OBJ in the model's vertex order, the visible face coloured from the photo."""
+    import trimesh
+
+    out = tmp_path / "a.obj"
+    assert demo.main(["--img", str(PHOTO), "--out", str(out), "--texture", "--refine", "0"]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["a.obj", "a_textured.mtl", "a_textured.obj", "a_textured.png"]
+    mesh, _ = read_mesh(out)
+    textured, _ = read_mesh(tmp_path / "a_textured.obj")
+    np.testing.assert_allclose(textured, mesh, atol=1e-6)
+    loaded = trimesh.load(tmp_path / "a_textured.obj", process=False)
+    assert isinstance(loaded.visual, trimesh.visual.TextureVisuals) and loaded.visual.uv is not None
+    tex = preprocess.read_image(tmp_path / "a_textured.png")
+    # Part of the atlas took the photo's colours: more than one distinct colour.
+    assert len(np.unique(tex.reshape(-1, 3), axis=0)) > 100
+    # --flame_texture without --texture is refused; a bad texture file is one line naming it.
+    assert demo.main(["--img", str(PHOTO), "--out", str(tmp_path / "b.obj"), "--flame_texture", "x.npz"]) == 2
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"garbage")
+    assert demo.main(["--img", str(PHOTO), "--out", str(tmp_path / "c.obj"), "--texture",
+                      "--flame_texture", str(bad)]) == 2
+    err = _error_lines(capsys.readouterr().err)
+    assert err[-1].startswith("error: ") and str(bad) in err[-1]
+    assert not (tmp_path / "c.obj").exists()

@@ -81,6 +81,7 @@ from flame.fileutil import atomic_write
 from ringnet_tf import preprocess
 from ringnet_tf.data import dataset as D
 from ringnet_tf.data import landmarks_dlib as L
+from ringnet_tf.progress import Progress
 
 log = logging.getLogger("ringnet_tf.data.prepare")
 
@@ -491,48 +492,12 @@ def _still_valid(result: Result | None, source: Source) -> bool:
 
 # ----------------------------------------------------------------------------- running
 
-class _Progress:
-    """tqdm when installed, else a plain line every few seconds (on stderr)."""
-
-    def __init__(self, total: int, enabled: bool, desc: str):
-        self.total, self.done, self.enabled, self.desc = total, 0, enabled, desc
-        self.start = self.last = time.monotonic()
-        self.bar = None
-        if enabled and total:
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, unit="img", desc=desc, file=sys.stderr, dynamic_ncols=True)
-            except ImportError:
-                pass
-
-    def write(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message, file=sys.stderr)
-        else:
-            log.info("%s", message)
-
-    def update(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update()
-            return
-        now = time.monotonic()
-        if self.enabled and (now - self.last > 5 or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            print(f"{self.desc}: {self.done}/{self.total} images ({rate:.1f}/s)", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _run(tasks: list[Source], images_dir: Path, out: Path, settings: Settings, workers: int,
          on_entry: Callable[[dict[str, Any]], None], progress: bool, desc: str) -> None:
     """Processes `tasks` in this process (workers 1) or a pool; entries arrive in any order."""
     if not tasks:
         return
-    bar = _Progress(len(tasks), progress, desc)
+    bar = Progress(len(tasks), desc, enabled=progress)
     args = [(str(images_dir), str(out), s, settings) for s in tasks]
     with contextlib.ExitStack() as stack:
         stack.callback(bar.close)
