@@ -91,12 +91,18 @@ def check_new_dir(out: str | os.PathLike, force: bool = False) -> Path:
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists{' and is not empty' if out.is_dir() else ' (a file)'}; "
                               f"pass --force to replace it")
-    # The nearest existing ancestor must be a folder we may write in.
+    return check_can_create(out)
+
+
+def check_can_create(out: str | os.PathLike) -> Path:
+    """Checks that a folder `out` could be made: its nearest existing ancestor is a folder we may
+    write in. Raises NotADirectoryError / PermissionError with one line naming both."""
+    out = Path(out)
     ancestor = out.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise NotADirectoryError(f"{ancestor}: not a folder, cannot hold {out}")
+        raise NotADirectoryError(f"{ancestor} is a file, not a folder: cannot hold {out}")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise PermissionError(f"{ancestor}: not writable, cannot hold {out}")
     return out

@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from flame.fileutil import check_can_create
 from flame.io import load_flame
 from ringnet_tf import camera
 from ringnet_tf.data import dataset as D
@@ -117,13 +118,11 @@ def _check_out(out: str) -> None:
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{out}: exists and is not a directory (--out)")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{out}: cannot create the run directory, {existing} is a file (--out)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{out}: cannot write there, {existing} is not writable (--out)")
+    if not path.exists():
+        try:
+            check_can_create(path)
+        except OSError as e:
+            raise ConfigError(f"{e} (--out)") from None
 
 
 def validate(config: TrainConfig) -> None:
