@@ -56,8 +56,8 @@ def parse(argv=None) -> argparse.Namespace:
     video.add_argument("--every", type=int, default=1, metavar="N", help="keep every N-th frame (default 1)")
     video.add_argument("--max_frames", type=int, default=None, metavar="N", help="at most N kept frames")
     video.add_argument("--meshes", action="store_true", help="also one mesh per kept frame (<stem>_meshes/)")
-    video.add_argument("--smooth", type=float, default=1.0,
-                       help="temporal smoothness of pose, expression and camera (default 1; 0: none)")
+    video.add_argument("--smooth", type=float, default=10.0,
+                       help="temporal smoothness of pose, expression and camera (default 10; 0: none)")
     p.add_argument("--batch_size", type=int, default=8, help="images per network call (default 8)")
     p.add_argument("--format", choices=["obj", "ply"], default="obj", help="mesh format for folders (default obj)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")

@@ -267,13 +267,18 @@ def test_another_identity_in_a_group_is_flagged_and_left_out(flame):
 
 def test_outlier_rule_by_hand():
     groups = np.array([0, 0, 0, 0, 1, 1, 2])
-    single = np.array([0.01, 0.01, 0.01, 0.01, 0.01, 0.2, 0.01])
-    shared = np.array([0.011, 0.012, 0.011, 0.05, 0.03, 0.2, 0.01])
-    reasons = flag_outliers(groups, single, shared)
+    single_error = np.array([0.01, 0.01, 0.01, 0.01, 0.01, 0.2, 0.01])
+    single_fit = np.array([2.0, 2.0, 2.0, 2.0, 2.0, 90.0, 2.0])
+    shared_fit = np.array([2.5, 3.0, 2.0, 12.0, 30.0, 95.0, 2.0])
+    reasons = flag_outliers(groups, single_error, single_fit, shared_fit)
+    # Image 3: delta 10 against a median of 0.75 and a spread floored at 1: z 9.25.
     assert reasons[3].startswith("disagrees") and not any(reasons[:3])
     assert not reasons[4]  # a pair: no majority to disagree with
     assert reasons[5].startswith("failed fit")  # a pair still drops a failed fit
     assert not reasons[6]  # alone: nothing to leave out of
+    # A costly shared shape for everyone flags nobody: it is the group's, not one image's.
+    assert not any(flag_outliers(np.zeros(4, int), single_error[:4], single_fit[:4],
+                                 single_fit[:4] + 20.0))
 
 
 def test_smoothing_removes_jitter_of_a_still_head(flame):
@@ -287,7 +292,7 @@ def test_smoothing_removes_jitter_of_a_still_head(flame):
     spec = ParamSpec(NUM_SHAPE, NUM_EXPR)
     groups = np.zeros(8, int)
     rough = refine(flame, start, noisy, SIZE, steps=300, groups=groups)
-    smooth = refine(flame, start, noisy, SIZE, steps=300, groups=groups, smooth=1e4)
+    smooth = refine(flame, start, noisy, SIZE, steps=300, groups=groups, smooth=100.0)
     jitter = {k: np.abs(np.diff(spec.split(r.params)["pose"], axis=0)).mean()
               for k, r in (("rough", rough), ("smooth", smooth))}
     assert jitter["smooth"] < 0.2 * jitter["rough"], jitter

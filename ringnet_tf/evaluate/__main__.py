@@ -93,7 +93,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="synthetic dataset of held-out identities (made with another --seed)")
     s.add_argument("--flame_model", default=None, help="head model (default: the open head model)")
     s.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
-    s.add_argument("--fit_steps", type=int, default=200, help="landmark-fitting baseline steps")
+    s.add_argument("--fit_steps", type=int, default=None,
+                   help="refinement and landmark-fitting steps at most (default: ringnet_tf.refine.DEFAULT_STEPS)")
     s.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     s.add_argument("--force", action="store_true", help="replace --out")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
