@@ -314,8 +314,8 @@ def _write_people(predictor, items, params, groups, excluded, root, out, opts, s
     returns the number of people that could not be written."""
     from ringnet_tf.params import ParamSpec
 
-    flame = predictor.flame_layer
-    spec = ParamSpec(flame.num_shape, flame.num_expression) if flame is not None else None
+    flame = predictor.flame_layer  # present: people are written only after a refinement
+    spec = ParamSpec(flame.num_shape, flame.num_expression)
     failures = 0
     for g in np.unique(groups):
         members = [i for i in range(len(items)) if groups[i] == g]
@@ -323,8 +323,8 @@ def _write_people(predictor, items, params, groups, excluded, root, out, opts, s
         first = items[members[0]]["image"]
         folder = out if opts.group == "all" or root is None else out / first.parent.relative_to(root)
         paths = person_paths(folder)
-        shapes = params[kept][:, spec.slices()["shape"]] if spec else None
-        shape = shapes.mean(axis=0)
+        # Kept images share one shape after the fit; the mean is that shape.
+        shape = params[kept][:, spec.slices()["shape"]].mean(axis=0)
         try:
             existing = [p for p in paths.values() if p.exists()]
             if existing and not opts.force:
@@ -390,7 +390,7 @@ def _write(b: dict[str, Any], pred: dict[str, np.ndarray], neutral: dict[str, np
         files[paths["params"]] = _npz_bytes(arrays)
     rgb = None
     if "overlay" in paths or "textured" in paths:
-        rgb = b["rgb"] if "rgb" in b else preprocess.read_image(b["image"])
+        rgb = preprocess.read_image(b["image"])  # not kept since the crop (memory)
     if "textured" in paths:
         from ringnet_tf import texture
 
@@ -416,7 +416,7 @@ class VideoOptions:
     every: int = 1  # keep every N-th frame
     max_frames: int | None = None  # at most this many kept frames
     meshes: bool = False  # also one mesh per kept frame, in <stem>_meshes/
-    smooth: float = 1.0  # weight of the temporal smoothness of pose, expression and camera
+    smooth: float = 10.0  # temporal smoothness of pose, expression and camera (see refine.py)
     overlay_max_side: int = 960  # the overlay video's photo panel, at most this many pixels
 
 
@@ -442,7 +442,10 @@ def run_video(predictor, clip: Path, out: Path, opts: DemoOptions, vopts: VideoO
     from ringnet_tf import video as V
 
     stream, err = stream or sys.stdout, err or sys.stderr
-    _, info = V.open_clip(clip)
+    if predictor.flame_layer is None:
+        raise V.VideoError(f"{clip}: video needs a checkpoint (its FLAME layer), not a SavedModel")
+    cap, info = V.open_clip(clip)
+    cap.release()
     paths = video_paths(clip, out, opts)
     existing = [p for p in paths.values() if p.exists()]
     mesh_dir = out / f"{clip.stem}_meshes"
@@ -489,10 +492,7 @@ def run_video(predictor, clip: Path, out: Path, opts: DemoOptions, vopts: VideoO
         for b, why in zip(items, result.reasons):
             if why:
                 print(f"{clip} frame {b['frame']}: left out of the shared shape: {why}", file=err, flush=True)
-    decoded = [_decode(predictor, params[i:i + opts.batch_size]) if predictor.flame_layer is not None
-               else None for i in range(0, len(items), opts.batch_size)]
-    if decoded[0] is None:
-        raise ValueError("video needs a checkpoint (the FLAME layer), not a SavedModel")
+    decoded = [_decode(predictor, params[i:i + opts.batch_size]) for i in range(0, len(items), opts.batch_size)]
     pred = {k: np.concatenate([d[k] for d in decoded]) for k in decoded[0]}
     person_shape = pred["shape"].mean(axis=0)
     neutral = predictor.neutral(person_shape[None])

@@ -72,3 +72,35 @@ def make_tiny_dataset(root, identities: list[str], size: int = 48, seed: int = 0
 @pytest.fixture
 def tiny_model() -> FlameModel:
     return make_tiny_model()
+
+
+TRAIN_IDENTITIES = [f"id{i}" for i in range(4) for _ in range(4)]
+
+
+def make_training_root(root) -> None:
+    """A tiny head model (root/flame) and tiny training and validation rings (root/data, root/val)."""
+    from pathlib import Path
+
+    from flame.model import save_flame_files
+
+    root = Path(root)
+    save_flame_files(make_tiny_model(), root / "flame")
+    make_tiny_dataset(root / "data", TRAIN_IDENTITIES, size=40)
+    make_tiny_dataset(root / "val", TRAIN_IDENTITIES[:8], size=40, seed=1)
+
+
+def make_tiny_checkpoint(root, config):
+    """A tiny head model (root/flame) and an untrained network of `config` saved as a compact
+    checkpoint (root/ckpt); returns the network."""
+    from pathlib import Path
+
+    from flame.model import save_flame_files
+    from ringnet_tf.inference import save_compact
+    from ringnet_tf.model import build_ringnet
+
+    root = Path(root)
+    model = make_tiny_model()
+    save_flame_files(model, root / "flame")
+    net = build_ringnet(model, config)
+    save_compact(net, config.__dict__, model.fingerprint(), root / "ckpt")
+    return net

@@ -15,9 +15,8 @@ from flame.layer import FlameLayer
 from flame.mesh_io import read_mesh
 from flame.model import save_flame_files
 from ringnet_tf.export import export_saved_model
-from ringnet_tf.inference import save_compact
-from ringnet_tf.model import ModelConfig, build_ringnet
-from tests.conftest import make_tiny_model
+from ringnet_tf.model import ModelConfig
+from tests.conftest import make_tiny_checkpoint, make_tiny_model
 
 PHOTO = Path(__file__).parent / "data" / "astronaut.jpg"
 CONFIG = ModelConfig(image_size=64, backbone="tiny", num_shape=10, num_expression=5)
@@ -27,10 +26,7 @@ CONFIG = ModelConfig(image_size=64, backbone="tiny", num_shape=10, num_expressio
 def setup(tmp_path_factory):
     pytest.importorskip("dlib")
     root = tmp_path_factory.mktemp("demo")
-    model = make_tiny_model()
-    save_flame_files(model, root / "flame")
-    net = build_ringnet(model, CONFIG)
-    save_compact(net, CONFIG.__dict__, model.fingerprint(), root / "ckpt")
+    net = make_tiny_checkpoint(root, CONFIG)
     export_saved_model(net, root / "sm")
     return root
 

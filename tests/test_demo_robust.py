@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import tracemalloc
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,10 @@ import demo
 import export
 from flame.io import load_flame
 from flame.mesh_io import read_mesh
-from flame.model import save_flame_files
 from ringnet_tf import camera, demo_lib, preprocess
 from ringnet_tf.export import export_saved_model
-from ringnet_tf.inference import save_compact
-from ringnet_tf.model import ModelConfig, build_ringnet
-from tests.conftest import make_tiny_model
+from ringnet_tf.model import ModelConfig
+from tests.conftest import make_tiny_checkpoint
 
 PHOTO = Path(__file__).parent / "data" / "astronaut.jpg"
 CONFIG = ModelConfig(image_size=64, backbone="tiny", num_shape=10, num_expression=5)
@@ -33,10 +30,7 @@ CONFIG = ModelConfig(image_size=64, backbone="tiny", num_shape=10, num_expressio
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
-    model = make_tiny_model()
-    save_flame_files(model, root / "flame")
-    net = build_ringnet(model, CONFIG)
-    save_compact(net, CONFIG.__dict__, model.fingerprint(), root / "ckpt")
+    net = make_tiny_checkpoint(root, CONFIG)
     export_saved_model(net, root / "sm")
     (root / "run").mkdir()
     net.save(root / "run" / "ringnet.keras")

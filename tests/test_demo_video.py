@@ -12,10 +12,8 @@ import pytest
 
 import demo
 from flame.mesh_io import read_mesh
-from flame.model import save_flame_files
-from ringnet_tf.inference import save_compact
-from ringnet_tf.model import ModelConfig, build_ringnet
-from tests.conftest import make_tiny_model
+from ringnet_tf.model import ModelConfig
+from tests.conftest import make_tiny_checkpoint
 
 PHOTO = Path(__file__).parent / "data" / "astronaut.jpg"
 CONFIG = ModelConfig(image_size=64, backbone="tiny", num_shape=10, num_expression=5)
@@ -26,9 +24,7 @@ BLANK = range(8, 12)  # frames of the test clip that show no face
 def setup(tmp_path_factory):
     pytest.importorskip("dlib")
     root = tmp_path_factory.mktemp("video")
-    model = make_tiny_model()
-    save_flame_files(model, root / "flame")
-    save_compact(build_ringnet(model, CONFIG), CONFIG.__dict__, model.fingerprint(), root / "ckpt")
+    make_tiny_checkpoint(root, CONFIG)
     # A 20-frame clip: the photo sliding across a dark frame, with four blank frames.
     photo = cv2.imread(str(PHOTO))
     writer = cv2.VideoWriter(str(root / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (360, 280))

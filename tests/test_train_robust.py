@@ -20,14 +20,13 @@ import tensorflow as tf
 from flame import constants as C
 from flame import lbs
 from flame.layer import FlameLayer
-from flame.model import save_flame_files
 from ringnet_tf.data.rings import RingConfig
 from ringnet_tf.model import ModelConfig
 from ringnet_tf.train_lib import ConfigError, TrainConfig, run
-from tests.conftest import make_tiny_dataset, make_tiny_model
+from tests.conftest import TRAIN_IDENTITIES, make_tiny_model, make_training_root
 
 ROOT = Path(__file__).parents[1]
-IDS = [f"id{i}" for i in range(4) for _ in range(4)]
+IDS = TRAIN_IDENTITIES
 # Lines train.py may print: ours (progress, resume, skips, done, errors).
 OUR_PREFIXES = ("step ", "done: ", "resuming ", "skipped ", "weights initialised", "error: ")
 FOREIGN = ("Sharding callback", "I0000", "INFO:", "W0000", "E0000", "absl::InitializeLog")
@@ -36,9 +35,7 @@ FOREIGN = ("Sharding callback", "I0000", "INFO:", "W0000", "E0000", "absl::Initi
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
-    save_flame_files(make_tiny_model(), root / "flame")
-    make_tiny_dataset(root / "data", IDS, size=40)
-    make_tiny_dataset(root / "val", IDS[:8], size=40, seed=1)
+    make_training_root(root)
     return root
 
 

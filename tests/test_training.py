@@ -12,24 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from flame.model import save_flame_files
 from ringnet_tf.data.rings import RingConfig
 from ringnet_tf.model import ModelConfig
 from ringnet_tf.train_lib import ConfigError, TrainConfig, run, validate
 from ringnet_tf.trainer import LossConfig
-from tests.conftest import make_tiny_dataset, make_tiny_model
+from tests.conftest import TRAIN_IDENTITIES, make_tiny_dataset, make_tiny_model, make_training_root
 
-IDS = [f"id{i}" for i in range(4) for _ in range(4)]
+IDS = TRAIN_IDENTITIES
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    save_flame_files(make_tiny_model(), root / "flame")
-    make_tiny_dataset(root / "data", IDS, size=40)
-    make_tiny_dataset(root / "val", IDS[:8], size=40, seed=1)
+    make_training_root(root)
     return root
 
 
