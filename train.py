@@ -88,8 +88,14 @@ flags.DEFINE_float("w_landmarks", 60.0, "lambda_proj")
 flags.DEFINE_float("w_shape_prior", 1e-4, "lambda_beta")
 flags.DEFINE_float("w_expression_prior", 1e-4, "lambda_psi")
 flags.DEFINE_float("eta", 0.5, "shape-consistency margin")
+flags.DEFINE_float("w_landmarks3d", 0.0, "3D-landmark loss, on images whose dataset has 3D landmarks "
+                   "(ground_truth.npz 'landmarks3d'); 0 = off (RingNet)")
+flags.DEFINE_float("w_shape_supervised", 0.0, "supervised shape loss (mean neutral-mesh distance in mm "
+                   "to the true coefficients, synthetic data only: a pre-training stage); 0 = off")
 # Optimisation and running.
-flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate (constant)")
+flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate (the start of the schedule)")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
+                  "learning-rate schedule: constant, or cosine decay to 5% over --num_steps")
 flags.DEFINE_integer("seed", 0, "weight initialisation and dropout seed")
 flags.DEFINE_integer("num_steps", 1000, "training steps (rounded up to whole checkpoint intervals)")
 flags.DEFINE_integer("checkpoint_every", 500, "steps between checkpoints (and validation)")
@@ -119,10 +125,11 @@ def config_from_flags():
     rings = RingConfig(ring_size=F.ring_size, rings_per_batch=F.rings_per_batch, image_size=F.image_size,
                        min_images=F.min_images, seed=F.data_seed, augment=F.augment)
     loss = LossConfig(shape_consistency=F.w_shape_consistency, landmarks=F.w_landmarks,
-                      shape_prior=F.w_shape_prior, expression_prior=F.w_expression_prior, eta=F.eta)
+                      shape_prior=F.w_shape_prior, expression_prior=F.w_expression_prior, eta=F.eta,
+                      landmarks3d=F.w_landmarks3d, shape_supervised=F.w_shape_supervised)
     jit = {"auto": None, "true": True, "false": False}[F.jit_compile]
     return TrainConfig(data=F.data, out=F.out, val_data=F.val_data, flame_model=F.flame_model,
-                       model=model, rings=rings, loss=loss, learning_rate=F.learning_rate, seed=F.seed,
+                       model=model, rings=rings, loss=loss, learning_rate=F.learning_rate, lr_schedule=F.lr_schedule, seed=F.seed,
                        num_steps=F.num_steps, checkpoint_every=F.checkpoint_every, log_every=F.log_every,
                        val_steps=F.val_steps, jit_compile=jit, mixed_precision=F.mixed_precision,
                        distribute=F.distribute, export_saved_model=F.export_saved_model,

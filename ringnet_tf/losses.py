@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from ringnet_tf import camera
+
 ETA = 0.5  # the paper's margin
 
 
@@ -48,6 +50,56 @@ def landmark_loss(pred: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
 def l2_prior(coeffs: tf.Tensor) -> tf.Tensor:
     """Mean over examples of the squared norm. coeffs: [..., K] -> [] float32."""
     return tf.reduce_mean(tf.reduce_sum(tf.square(coeffs), axis=-1))
+
+
+def landmark3d_loss(pred: tf.Tensor, cam: tf.Tensor, target: tf.Tensor, weight: tf.Tensor,
+                    image_size: float) -> tf.Tensor:
+    """Mean 3D distance between the model's landmarks, seen by its camera, and 3D labels.
+
+    Both sides go to the camera's normalised frame (x right, y up, z towards the camera, units of
+    half the image side): the prediction as s * (X + tx, Y + ty, Z), the labels from pixels (x, y
+    as the 2D landmarks, z on the same scale). Weak perspective fixes no depth origin, so both
+    sides' depths are taken relative to their mean over the 68 landmarks.
+
+    Args:
+      pred: [B, L, 3] posed model-frame landmarks; cam: [B, 3] (s, tx, ty);
+      target: [B, L, 3] labels (x, y pixels, z depth in pixels); weight: [B], 0 where unlabelled.
+    Returns:
+      [] float32: mean over images of weight * (mean over landmarks of the Euclidean distance);
+      unlabelled images count as 0 (a plain mean, as `landmark_loss`).
+    """
+    pred = tf.cast(pred, tf.float32)
+    xy = camera.project_normalised(pred, cam)
+    z = cam[:, None, 0:1] * pred[..., 2:3]
+    t_xy = camera.pixels_to_normalised(target[..., :2], image_size)
+    t_z = target[..., 2:3] / (0.5 * image_size)
+    p3 = tf.concat([xy, z - tf.reduce_mean(z, axis=1, keepdims=True)], -1)
+    t3 = tf.concat([t_xy, t_z - tf.reduce_mean(t_z, axis=1, keepdims=True)], -1)
+    dist = tf.sqrt(tf.reduce_sum(tf.square(p3 - t3), axis=-1) + 1e-12)
+    return tf.reduce_mean(weight * tf.reduce_mean(dist, axis=-1))
+
+
+def neutral_mesh_loss(shape: tf.Tensor, target: tf.Tensor, weight: tf.Tensor,
+                      basis: tf.Tensor) -> tf.Tensor:
+    """Mean vertex distance (mm) between the neutral meshes of predicted and true shape coefficients.
+
+    The neutral mesh is linear in the coefficients, so the difference of the two meshes is the
+    coefficients' difference through the shape blend shapes: components weigh as much as they move
+    the surface, which is what the benchmark measures. Only the first min(S, S') components are
+    compared: a model with fewer components than the labels has no blend shapes for the rest of
+    the truth, and no prediction could change that part of the error, so it is left out.
+
+    Args:
+      shape: [B, S] predicted; target: [B, S'] true; weight: [B], 0 where unlabelled;
+      basis: [K >= S, 3V] planar shape blend shapes (all x, then all y, then all z), metres.
+    Returns:
+      [] float32: mean over images of weight * (mean over vertices of the distance in mm).
+    """
+    k = min(shape.shape[-1], target.shape[-1])
+    disp = (shape[:, :k] - target[:, :k]) @ basis[:k]  # [B, 3V]
+    disp = tf.reshape(disp, [tf.shape(disp)[0], 3, -1])
+    dist = tf.sqrt(tf.reduce_sum(tf.square(disp), axis=1) + 1e-12)  # [B, V]
+    return tf.reduce_mean(weight * 1000.0 * tf.reduce_mean(dist, axis=-1))
 
 
 ROBUST_KINDS = ("l2", "l1", "charbonnier", "geman_mcclure")

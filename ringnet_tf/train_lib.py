@@ -67,6 +67,8 @@ class TrainConfig:
     rings: RingConfig = RingConfig()
     loss: LossConfig = LossConfig()
     learning_rate: float = 1e-4
+    # constant, or cosine: decays from learning_rate to 5% of it over num_steps (long runs)
+    lr_schedule: str = "constant"
     seed: int = 0  # weight initialisation and dropout (the data's seed is rings.seed)
     num_steps: int = 1000
     checkpoint_every: int = 500
@@ -125,6 +127,17 @@ def _check_out(out: str) -> None:
             raise ConfigError(f"{e} (--out)") from None
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(config: TrainConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate: a constant, or a cosine decay to 5% over the run's steps
+    (the step count of the optimizer, so a resumed run continues on the same curve)."""
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, max(config.num_steps, 1), alpha=0.05)
+    return config.learning_rate
+
+
 def validate(config: TrainConfig) -> None:
     """Checks everything that can be checked before any work starts; raises ConfigError."""
     if config.rings.image_size != config.model.image_size:
@@ -138,6 +151,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"distribute must be auto, none, mirrored or multiworker; got {config.distribute!r}")
     if not config.learning_rate > 0:
         raise ConfigError(f"learning_rate must be positive; got {config.learning_rate}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {config.lr_schedule!r}")
     for flag, path in [("data", config.data)] + ([("val_data", config.val_data)] if config.val_data else []):
         if not Path(path).exists():
             raise ConfigError(f"{path}: does not exist (--{flag})")
@@ -382,7 +397,7 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
     with strategy.scope():
         net = build_ringnet(flame, config.model)
         trainer = RingNetTrainer(net, config.loss)
-        optimizer = keras.optimizers.Adam(config.learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate_schedule(config))
         trainer.compile(optimizer=optimizer, jit_compile=jit)
         optimizer.build(trainer.trainable_variables)
     resolved = {**config.resolved_json(), "flame_fingerprint": flame.fingerprint(), "jit_compile": jit}

@@ -12,9 +12,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from flame.layer import FlameLayer
 from ringnet_tf import camera, losses
 
-LOSS_NAMES = ("loss", "shape_consistency", "landmarks", "shape_prior", "expression_prior")
+LOSS_NAMES = ("loss", "shape_consistency", "landmarks", "shape_prior", "expression_prior",
+              "landmarks3d", "shape_supervised")
 # Key of the train step's logs that is 1 when this step's loss or any weight after its update is
 # not finite (0 otherwise): a per-step value, not a running mean, and not a loss to report.
 NONFINITE = "nonfinite"
@@ -29,6 +31,11 @@ class LossConfig:
     shape_prior: float = 1e-4
     expression_prior: float = 1e-4
     eta: float = losses.ETA
+    # Supervision where a dataset has labels (0 = off, RingNet's setting): 3D landmarks (real data
+    # such as 300W-LP has them; the synthetic generator writes them), and the true shape
+    # coefficients, which only synthetic data has: a pre-training stage, not RingNet's method.
+    landmarks3d: float = 0.0
+    shape_supervised: float = 0.0
 
 
 class RingNetTrainer(keras.Model):
@@ -46,6 +53,9 @@ class RingNetTrainer(keras.Model):
         self.net = net
         self.loss_config = loss_config
         self.image_size = int(net.input_shape[1])
+        flame = [layer for layer in net.layers if isinstance(layer, FlameLayer)]
+        # The shape blend shapes [S, 3V] (planar), for the supervised shape loss's neutral meshes.
+        self._shape_basis = flame[0].basis[:flame[0].num_shape] if flame else None
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self.built = True  # the wrapped functional network is built already
 
@@ -72,6 +82,16 @@ class RingNetTrainer(keras.Model):
             "shape_prior": losses.l2_prior(out["shape"]),
             "expression_prior": losses.l2_prior(out["expression"]),
         }
+        flat = {k: tf.reshape(batch[k], [-1, *batch[k].shape[2:]]) if k in batch else None
+                for k in ("landmarks3d", "has_landmarks3d", "shape", "has_shape")}
+        zero = tf.constant(0.0)
+        parts["landmarks3d"] = zero if flat["landmarks3d"] is None else losses.landmark3d_loss(
+            out["landmarks3d"], out["cam"], flat["landmarks3d"], flat["has_landmarks3d"],
+            self.image_size)
+        parts["shape_supervised"] = (
+            zero if flat["shape"] is None or self._shape_basis is None
+            else losses.neutral_mesh_loss(out["shape"], flat["shape"], flat["has_shape"],
+                                          self._shape_basis))
         parts["loss"] = tf.add_n([getattr(cfg, k) * v for k, v in parts.items()])
         return parts, out
 

@@ -9,8 +9,12 @@ A dataset directory holds:
   synthetic data the head model's fingerprint).
 - the images (JPEG or PNG, RGB), usually `images/<identity>/<name>`.
 - optional `ground_truth.npz` (synthetic data): per-image rows in manifest order
-  (`image`, `shape` [N, S], `expression` [N, E], `pose` [N, 15], `cam` [N, 3]) and per-identity
-  neutral meshes (`neutral_identity` [I], `neutral_vertices` [I, V, 3] float32).
+  (`image`, `shape` [N, S], `expression` [N, E], `pose` [N, 15], `cam` [N, 3], and optionally
+  `landmarks3d` [N, 68, 3]: the 68 landmarks in 3D, x and y in the stored image's pixels as in the
+  manifest, z the depth towards the camera in pixels of the same scale, origin arbitrary, hidden
+  landmarks included; the convention of 300W-LP-style 3D labels) and per-identity neutral meshes
+  (`neutral_identity` [I], `neutral_vertices` [I, V, 3] float32). Every key is optional: training
+  uses `shape` and `landmarks3d` for the supervised losses when a dataset has them.
 
 The TFRecord form (`tfrecords/shard-XXXXX-of-YYYYY.tfrecord` plus `dataset.json`) holds the same
 data with one `tf.train.Example` per identity (all its images, their bytes untouched), so a
@@ -39,7 +43,9 @@ GROUND_TRUTH_NAME = "ground_truth.npz"
 TFRECORD_DIR = "tfrecords"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Per-image ground-truth keys and where they live in a TFRecord example.
-GT_IMAGE_KEYS = ("shape", "expression", "pose", "cam")
+GT_IMAGE_KEYS = ("shape", "expression", "pose", "cam", "landmarks3d")
+# Per-image ground truth that is not a flat vector: its row shape (TFRecords store it flattened).
+GT_ROW_SHAPES = {"landmarks3d": (C.NUM_LANDMARKS, 3)}
 _HEADER = ["image", "identity"] + [f"{a}{i}" for i in range(C.NUM_LANDMARKS) for a in "xyc"]
 
 
@@ -212,7 +218,7 @@ def write_tfrecords(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike |
         os.replace(p, out / p.name[1:-len(".tmp")])
     gt_dims = {}
     if gt is not None:
-        gt_dims = {k: int(gt[k].shape[1]) for k in GT_IMAGE_KEYS if k in gt}
+        gt_dims = {k: int(np.prod(gt[k].shape[1:])) for k in GT_IMAGE_KEYS if k in gt}
         if neutral:
             gt_dims["neutral_vertices"] = int(np.prod(gt["neutral_vertices"].shape[1:]))
     write_meta(out, {**{k: v for k, v in meta.items() if k != "format_version"},
@@ -298,6 +304,8 @@ def tfrecords_to_directory(tfrecord_dir: str | os.PathLike, out_dir: str | os.Pa
         for key in GT_IMAGE_KEYS:
             if key in info["ground_truth"]:
                 arrays[key] = np.stack([r[2][key] for r in rows])
+                if key in GT_ROW_SHAPES:
+                    arrays[key] = arrays[key].reshape(-1, *GT_ROW_SHAPES[key])
         if neutral:
             ids = sorted(neutral)
             arrays["neutral_identity"] = np.array(ids)

@@ -2,7 +2,11 @@
 
 A batch is a dict:
   images: [NB, R, S, S, 3] float32 in [-1, 1] (the shared preprocessing's normalisation);
-  landmarks: [NB, R, 68, 3] float32: x, y in pixels of the S x S network input, confidence.
+  landmarks: [NB, R, 68, 3] float32: x, y in pixels of the S x S network input, confidence;
+  landmarks3d: [NB, R, 68, 3] float32: the 3D landmark labels (x, y in network-input pixels, z
+    depth in pixels), with has_landmarks3d [NB, R] 1 where the image has them, else 0;
+  shape: [NB, R, S'] float32 true shape coefficients, with has_shape [NB, R] (0 also for a
+    mirrored image); datasets without ground truth give zeros and weight 0 (S' = 1).
 
 Ring sampling rule (documented once, tested): identities with fewer than `min_images` images
 (default 2) never anchor a ring (they can still be the odd one out). Each epoch, every anchor
@@ -23,6 +27,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -149,6 +154,19 @@ def augment_image(image: tf.Tensor, landmarks: tf.Tensor, config: RingConfig,
     Returns:
       image [S, S, 3] float32 in [-1, 1]; landmarks [68, 3] in network-input pixels.
     """
+    out = _augment(image, landmarks, tf.zeros([C.NUM_LANDMARKS, 3]), config, seed)
+    return out[0], out[1]
+
+
+def _augment(image: tf.Tensor, landmarks: tf.Tensor, landmarks3d: tf.Tensor, config: RingConfig,
+             seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`augment_image`, also moving 3D landmarks [68, 3] (x, y pixels, z depth in pixels: the
+    dataset's convention) and returning whether the image was mirrored ([] bool).
+
+    The warp is a similarity of the image plane (and a mirror), so 3D points follow it exactly:
+    x, y as the 2D landmarks, z scaled by the warp's scale (a rotation about the viewing axis and a
+    mirror in x leave depth alone); a mirror also swaps left and right landmarks.
+    """
     size = config.image_size
     scale, shift, angle, flip = _affine_params(config, seed)
     m = _warp_matrix(tf.shape(image)[:2], size, scale, shift, angle, flip)
@@ -160,7 +178,11 @@ def augment_image(image: tf.Tensor, landmarks: tf.Tensor, config: RingConfig,
         fill_mode="NEAREST")[0]
     xy = landmarks[:, :2] @ tf.transpose(m[:2, :2]) + m[:2, 2]
     lm = tf.concat([xy, landmarks[:, 2:]], axis=-1)
+    xy3 = landmarks3d[:, :2] @ tf.transpose(m[:2, :2]) + m[:2, 2]
+    z3 = landmarks3d[:, 2:] * tf.sqrt(tf.abs(tf.linalg.det(m[:2, :2])))
+    lm3 = tf.concat([xy3, z3], axis=-1)
     lm = tf.cond(flip, lambda: tf.gather(lm, _MIRROR), lambda: lm)
+    lm3 = tf.cond(flip, lambda: tf.gather(lm3, _MIRROR), lambda: lm3)
     # Landmarks pushed out of the frame by the augmentation carry no usable signal.
     inside = tf.reduce_all((xy >= 0.0) & (xy <= size - 1.0), axis=-1)
     inside = tf.cond(flip, lambda: tf.gather(inside, _MIRROR), lambda: inside)
@@ -174,7 +196,7 @@ def augment_image(image: tf.Tensor, landmarks: tf.Tensor, config: RingConfig,
         gray = tf.reduce_mean(pixels, axis=-1, keepdims=True)
         pixels = (pixels - gray) * (1.0 + config.max_saturation * c[2]) + gray
         pixels = tf.clip_by_value(pixels, 0.0, 1.0)
-    return preprocess.normalise(pixels * 255.0), lm
+    return preprocess.normalise(pixels * 255.0), lm, lm3, flip
 
 
 def _decode(data: tf.Tensor) -> tf.Tensor:
@@ -195,6 +217,7 @@ def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring:
     sampler = RingSampler([r.identity for r in records], config, str(Path(dataset_dir) / D.MANIFEST_NAME))
     paths = tf.constant([str(Path(dataset_dir) / r.image) for r in records])
     landmarks = tf.constant(np.stack([r.landmarks for r in records]), tf.float32)
+    labels = {k: tf.constant(v) for k, v in manifest_labels(dataset_dir, records).items()}
     r_size = config.ring_size
 
     def ring_indices():
@@ -206,7 +229,8 @@ def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring:
 
     def load(index, ring):
         data = tf.stack([tf.io.read_file(tf.gather(paths, ring[pos])) for pos in range(r_size)])
-        return _ring_from_arrays(data, tf.gather(landmarks, ring), config, index)
+        return _ring_from_arrays(data, tf.gather(landmarks, ring), config, index,
+                                 {k: tf.gather(v, ring) for k, v in labels.items()})
 
     ds = rings.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if batch:
@@ -214,16 +238,60 @@ def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring:
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _ring_from_arrays(images_bytes, landmarks, config: RingConfig, index) -> dict[str, tf.Tensor]:
-    """Decode and augment the R images of one ring. images_bytes [R], landmarks [R, 68, 3]."""
+LABEL_KEYS = ("landmarks3d", "has_landmarks3d", "shape", "has_shape")
+
+
+def manifest_labels(dataset_dir: str | os.PathLike, records: list[D.Record]) -> dict[str, np.ndarray]:
+    """The optional 3D labels of a manifest-form dataset, one row per record (see `labels_of`)."""
+    gt = D.read_ground_truth(dataset_dir) or {}
+    n = len(records)
+    if gt and "image" in gt:
+        row = {str(name): i for i, name in enumerate(gt["image"])}
+        order = np.array([row.get(r.image, -1) for r in records])
+        if (order < 0).any():
+            missing = records[int(np.flatnonzero(order < 0)[0])].image
+            raise D.DatasetError(Path(dataset_dir) / D.GROUND_TRUTH_NAME, f"has no row for {missing}")
+        gt = {k: v[order] for k, v in gt.items() if k in ("landmarks3d", "shape")}
+    return labels_of(gt.get("landmarks3d"), gt.get("shape"), n)
+
+
+def labels_of(landmarks3d, shape, n: int) -> dict[str, Any]:
+    """Per-image 3D labels with their presence: landmarks3d [n, 68, 3] and has_landmarks3d [n],
+    shape [n, S] (S = 1 when absent) and has_shape [n]; absent labels are zeros with weight 0.
+    Works on NumPy arrays (manifest form) and TF tensors (TFRecord form)."""
+    xp = tf if isinstance(n, tf.Tensor) else np
+    ones, zeros = xp.ones([n], np.float32), xp.zeros([n], np.float32)
+    out = {"landmarks3d": xp.zeros([n, C.NUM_LANDMARKS, 3], np.float32), "has_landmarks3d": zeros,
+           "shape": xp.zeros([n, 1], np.float32), "has_shape": zeros}
+    if landmarks3d is not None:
+        out["landmarks3d"] = xp.reshape(xp.cast(landmarks3d, tf.float32) if xp is tf else
+                                        landmarks3d.astype(np.float32), [n, C.NUM_LANDMARKS, 3])
+        out["has_landmarks3d"] = ones
+    if shape is not None:
+        out["shape"] = xp.cast(shape, tf.float32) if xp is tf else shape.astype(np.float32)
+        out["has_shape"] = ones
+    return out
+
+
+def _ring_from_arrays(images_bytes, landmarks, config: RingConfig, index,
+                      labels: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Decode and augment the R images of one ring. images_bytes [R], landmarks [R, 68, 3],
+    labels: `labels_of`'s keys with R rows. A mirrored image keeps its 3D landmarks (mirrored with
+    it) but not its shape label: the mirror image of a face is not the face of its coefficients."""
     r_size = config.ring_size
-    images, lms = [], []
+    images, lms, lm3s, flips = [], [], [], []
     for pos in range(r_size):
         seed = tf.stack([tf.cast(config.seed, tf.int64), index * r_size + pos])
-        img, lm = augment_image(_decode(images_bytes[pos]), landmarks[pos], config, seed)
+        img, lm, lm3, flip = _augment(_decode(images_bytes[pos]), landmarks[pos],
+                                      labels["landmarks3d"][pos], config, seed)
         images.append(img)
         lms.append(lm)
-    return {"images": tf.stack(images), "landmarks": tf.stack(lms)}
+        lm3s.append(lm3)
+        flips.append(flip)
+    kept = 1.0 - tf.cast(tf.stack(flips), tf.float32)
+    return {"images": tf.stack(images), "landmarks": tf.stack(lms),
+            "landmarks3d": tf.stack(lm3s), "has_landmarks3d": labels["has_landmarks3d"],
+            "shape": labels["shape"], "has_shape": labels["has_shape"] * kept}
 
 
 def ring_dataset_tfrecords(tfrecord_dir: str | os.PathLike, config: RingConfig, start_ring: int = 0,
@@ -244,7 +312,9 @@ def ring_dataset_tfrecords(tfrecord_dir: str | os.PathLike, config: RingConfig, 
                .map(lambda raw: D.parse_identity_example(raw, gt_dims))
                .map(lambda ex: {"image": ex["image"], "landmarks": ex["landmarks"],
                                 "identity": ex["identity"],
-                                "count": tf.shape(ex["image"], out_type=tf.int64)[0]})
+                                "count": tf.shape(ex["image"], out_type=tf.int64)[0],
+                                **labels_of(ex.get("gt/landmarks3d"), ex.get("gt/shape"),
+                                            tf.shape(ex["image"])[0])})
                .filter(lambda ex: ex["count"] >= config.min_images)
                .padded_batch(2, drop_remainder=True)  # pads the shorter identity; counts say where
                # Across the repeat, one identity can meet itself: such a pair makes no ring.
@@ -262,12 +332,17 @@ def ring_dataset_tfrecords(tfrecord_dir: str | os.PathLike, config: RingConfig, 
         members = tf.concat([tf.cast(order, tf.int64), fill], 0)[:n_rings * per_ring]
         members = tf.reshape(members, [n_rings, per_ring])
         odd = tf.random.stateless_uniform([n_rings, 1], seed=seed + 2, maxval=k_b, dtype=tf.int64)
+        def pick(key):
+            return tf.concat([tf.gather(pair[key][0], members), tf.gather(pair[key][1], odd)], 1)
+
         return tf.data.Dataset.from_tensor_slices({
             "images": tf.concat([tf.gather(a_images, members), tf.gather(b_images, odd)], 1),
-            "landmarks": tf.concat([tf.gather(a_lms, members), tf.gather(b_lms, odd)], 1)})
+            "landmarks": tf.concat([tf.gather(a_lms, members), tf.gather(b_lms, odd)], 1),
+            **{key: pick(key) for key in LABEL_KEYS}})
 
     rings = records.flat_map(rings_of_pair).skip(start_ring).enumerate(start=start_ring)
-    ds = rings.map(lambda i, ring: _ring_from_arrays(ring["images"], ring["landmarks"], config, i),
+    ds = rings.map(lambda i, ring: _ring_from_arrays(ring["images"], ring["landmarks"], config, i,
+                                                     {k: ring[k] for k in LABEL_KEYS}),
                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if batch:
         ds = ds.batch(config.rings_per_batch, drop_remainder=True)

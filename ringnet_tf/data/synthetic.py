@@ -3,11 +3,12 @@
     python -m ringnet_tf.data.synthetic --out DIR --identities N --images-per-identity K --seed S
 
 Each identity draws FLAME identity coefficients, a skin tone, per-vertex albedo variation and an
-eye colour; each of its images draws an expression, a jaw opening, a head pose (yaw up to
+eye colour (with `--appearance image`, each image draws its own skin, albedo and eyes instead, so
+that colour carries no identity); each of its images draws an expression, a jaw opening, a head pose (yaw up to
 +-60 degrees, pitch, roll), a camera scale and offset, lighting, a background, blur and noise.
 The 68 landmarks come from the same FLAME landmark function as the model's (dynamic contour
 included) through the project's camera; landmarks hidden by the head itself get confidence
-`HIDDEN_CONFIDENCE`. Ground truth (parameters per image, neutral mesh per identity) goes to
+`HIDDEN_CONFIDENCE`. Ground truth (parameters and 3D landmarks per image, neutral mesh per identity) goes to
 `ground_truth.npz`. Identity names carry the seed (`s<seed>_<index>`), so datasets made with
 different seeds never share an identity: make the validation set with another seed.
 
@@ -31,6 +32,7 @@ import numpy as np
 from flame import constants as C
 
 HIDDEN_CONFIDENCE = 0.3
+APPEARANCE = ("identity", "image")
 _CHUNK_IDENTITIES = 64  # identities decoded by FLAME at once (bounds memory)
 
 
@@ -54,8 +56,14 @@ class SynthConfig:
     max_box_scale: float = 0.1
     max_box_shift: float = 0.05
     image_format: str = "jpg"  # jpg (quality 95) or png
+    # Appearance (skin tone, albedo blotches, eyebrows, iris colour) drawn once per identity, as
+    # people look, or afresh for every image: then colour says nothing about who it is, and a ring
+    # loss can only tell people apart by geometry.
+    appearance: str = "identity"  # identity | image
 
     def __post_init__(self) -> None:
+        if self.appearance not in APPEARANCE:
+            raise ValueError(f"appearance must be one of {APPEARANCE}; got {self.appearance!r}")
         for name in ("identities", "images_per_identity", "size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
@@ -70,9 +78,23 @@ def _euler_to_rotvec(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 
 def _identity_draws(cfg: SynthConfig, ident: int, num_vertices: int, masks: dict[str, np.ndarray]):
-    """Per identity: shape coefficients [S], per-vertex albedo [V, 3] in [0, 1]."""
+    """Per identity: shape coefficients [S], per-vertex albedo [V, 3] in [0, 1].
+
+    With `appearance="image"` the albedo returned here is unused: `_image_albedo` draws one per image.
+    """
     rng = np.random.default_rng([cfg.seed, ident, 0])
     shape = cfg.shape_std * rng.standard_normal(cfg.num_shape)
+    return shape, _albedo(rng, num_vertices, masks)
+
+
+def _image_albedo(cfg: SynthConfig, ident: int, k: int, num_vertices: int,
+                  masks: dict[str, np.ndarray]) -> np.ndarray:
+    """Per image (appearance="image"): an albedo [V, 3] of its own, from its own generator."""
+    return _albedo(np.random.default_rng([cfg.seed, ident, k + 1, 1]), num_vertices, masks)
+
+
+def _albedo(rng: np.random.Generator, num_vertices: int, masks: dict[str, np.ndarray]) -> np.ndarray:
+    """A skin tone, blotches, lips, eyebrows and an iris colour: per-vertex albedo [V, 3] in [0, 1]."""
     # Skin tones from light to dark along a brownish line, with a little hue spread.
     t = rng.uniform(0.0, 1.0)
     skin = (1 - t) * np.array([0.93, 0.78, 0.68]) + t * np.array([0.36, 0.24, 0.18])
@@ -100,7 +122,7 @@ def _identity_draws(cfg: SynthConfig, ident: int, num_vertices: int, masks: dict
             colour = np.where(front[:, None] > 0.42, iris, np.array([0.92, 0.90, 0.88]))
             colour = np.where(front[:, None] > 0.48, np.array([0.03, 0.03, 0.03]), colour)
             albedo[ids] = colour
-    return shape, np.clip(albedo, 0, 1)
+    return np.clip(albedo, 0, 1)
 
 
 def _image_draws(cfg: SynthConfig, ident: int, k: int):
@@ -117,6 +139,16 @@ def _image_draws(cfg: SynthConfig, ident: int, k: int):
     light = np.array([rng.uniform(-1, 1), rng.uniform(-0.3, 1), rng.uniform(0.5, 2.0)])
     shading = (rng.uniform(0.25, 0.55), rng.uniform(0.5, 0.9))
     return expression, pose, jitter, light, shading, int(rng.integers(2**31))
+
+
+def landmarks3d_pixels(landmarks3d: np.ndarray, cam: np.ndarray, size: int) -> np.ndarray:
+    """The dataset's 3D landmarks: [68, 3] posed model-frame points -> x, y in the image's pixels
+    (the 2D landmarks' convention) and z, the depth towards the camera, in pixels of the same scale
+    (the weak-perspective scale applied to Z). See `ringnet_tf.data.dataset`."""
+    from ringnet_tf.camera import project
+
+    z = landmarks3d[:, 2:3] * (cam[0] * size / 2.0)
+    return np.concatenate([project(landmarks3d, cam, size), z], axis=1).astype(np.float32)
 
 
 def framing_camera(landmarks3d: np.ndarray, jitter: np.ndarray = np.zeros(3)) -> np.ndarray:
@@ -213,7 +245,8 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig, flame_model: str | No
     tmp.mkdir(parents=True)
     workers = workers or os.cpu_count() or 1
     total = cfg.identities * cfg.images_per_identity
-    records, gt_rows, neutral = [], {k: [] for k in ("shape", "expression", "pose", "cam")}, []
+    records, neutral = [], []
+    gt_rows = {k: [] for k in ("shape", "expression", "pose", "cam", "landmarks3d")}
     start = time.perf_counter()
     ctx = mp.get_context("spawn")  # workers never touch TensorFlow
     try:
@@ -234,15 +267,19 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig, flame_model: str | No
                     for k, d in enumerate(draws):
                         rel = f"images/s{cfg.seed}_{i:05d}/{k:04d}.{cfg.image_format}"
                         cam = framing_camera(lms[k], d[2])
-                        jobs.append((str(tmp), rel, verts[k], model.faces, lms[k], albedo, cam, d[3],
+                        look = (albedo if cfg.appearance == "identity"
+                                else _image_albedo(cfg, i, k, model.num_vertices, masks))
+                        jobs.append((str(tmp), rel, verts[k], model.faces, lms[k], look, cam, d[3],
                                      d[4], d[5], cfg.size, cfg.image_format))
-                        meta.append((f"s{cfg.seed}_{i:05d}", shape, d, cam))
-                for (rel, lm), (ident, shape, d, cam) in zip(pool.imap(_render_job, jobs, chunksize=4), meta):
+                        meta.append((f"s{cfg.seed}_{i:05d}", shape, d, cam,
+                                     landmarks3d_pixels(lms[k], cam, cfg.size)))
+                for (rel, lm), (ident, shape, d, cam, lm3d) in zip(pool.imap(_render_job, jobs, chunksize=4), meta):
                     records.append(D.Record(rel, ident, lm))
                     gt_rows["shape"].append(shape)
                     gt_rows["expression"].append(d[0])
                     gt_rows["pose"].append(d[1])
                     gt_rows["cam"].append(cam)
+                    gt_rows["landmarks3d"].append(lm3d)
                     if progress and (len(records) % 20 == 0 or len(records) == total):
                         _progress(len(records), total, start)
         D.write_manifest(tmp, records)
@@ -321,13 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flame_model", default=None, help="FLAME model (default: the open head model)")
     p.add_argument("--workers", type=int, default=None, help="render processes (default: all cores)")
     p.add_argument("--format", choices=["jpg", "png"], default="jpg", help="image format (default jpg)")
+    p.add_argument("--appearance", choices=list(APPEARANCE), default="identity",
+                   help="draw skin tone and albedo once per identity (default) or for every image, so "
+                        "that colour says nothing about identity")
     p.add_argument("--preview", type=Path, default=None, help="also write a grid of samples to this PNG")
     p.add_argument("--tfrecords", action="store_true", help="also write the TFRecord form")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = p.parse_args(argv)
     try:
         cfg = SynthConfig(args.identities, args.images_per_identity, seed=args.seed, size=args.size,
-                          image_format=args.format)
+                          image_format=args.format, appearance=args.appearance)
         if args.force and args.out.exists():
             shutil.rmtree(args.out)
         out = generate(args.out, cfg, args.flame_model, args.workers)
