@@ -114,11 +114,21 @@ def plan_outputs(images: list[Path], root: Path | None, out: Path, opts: DemoOpt
                     owner.setdefault(Path(os.path.abspath(p)), []).append(i)
         return owner
 
+    # With several images per person, each person's outputs are claimed first (person.jpg's
+    # person.npz would be the person's shape file).
+    people = ({Path(os.path.abspath(p)) for im in images
+               for p in person_paths(person_folder(im, root, out, opts.group)).values()}
+              if opts.group else set())
     plans: list = [output_paths(im, root, out, single, opts) for im in images]
     clashing = {i for owners in claims(plans).values() if len(owners) > 1 for i in owners}
+    clashing |= {i for path, owners in claims(plans).items() if path in people for i in owners}
     for i in clashing:
         plans[i] = output_paths(images[i], root, out, single, opts, qualify=True)
     for path, owners in claims(plans).items():
+        if path in people:
+            for i in owners:
+                plans[i] = f"its output {path} is the person's output of the same name"
+            continue
         for i in owners[1:]:
             if isinstance(plans[i], dict):
                 plans[i] = f"its output {path} is also an output of {images[owners[0]]}"
@@ -227,6 +237,11 @@ def _groups_of(items: list[dict[str, Any]], root: Path | None, mode: str | None)
     return np.array([ids[k] for k in keys], np.int64)
 
 
+def person_folder(image: Path, root: Path | None, out: Path, group: str | None) -> Path:
+    """Where the outputs of `image`'s person go: --out for one person, else its folder under --out."""
+    return out if group == "all" or root is None else out / image.parent.relative_to(root)
+
+
 def person_paths(folder: Path) -> dict[str, Path]:
     """A person's outputs (several images of one person): neutral mesh and shape."""
     return {"person_neutral": folder / "person_neutral.obj", "person": folder / "person.npz"}
@@ -321,8 +336,7 @@ def _write_people(predictor, items, params, groups, excluded, root, out, opts, s
         members = [i for i in range(len(items)) if groups[i] == g]
         kept = [i for i in members if not excluded[i]] or members
         first = items[members[0]]["image"]
-        folder = out if opts.group == "all" or root is None else out / first.parent.relative_to(root)
-        paths = person_paths(folder)
+        paths = person_paths(person_folder(first, root, out, opts.group))
         # Kept images share one shape after the fit; the mean is that shape.
         shape = params[kept][:, spec.slices()["shape"]].mean(axis=0)
         try:

@@ -91,6 +91,22 @@ def test_plan_outputs_reports_an_unresolvable_collision(tmp_path):
     assert isinstance(plans[2], str) and "also an output of" in plans[2]
 
 
+@pytest.mark.parametrize("group", ["all", "folder"])
+def test_an_image_named_person_does_not_take_the_persons_outputs(tmp_path, group):
+    # person.jpg's parameters would be person.npz, the person's shape file: the image's names are
+    # qualified instead, with --same_person (out/) and --group_by_folder (out/<folder>/) alike.
+    sub = tmp_path if group == "all" else tmp_path / "ann"
+    images = [sub / "person.jpg", sub / "b.jpg"]
+    out = tmp_path / "out"
+    plans = demo_lib.plan_outputs(images, tmp_path, out, demo_lib.DemoOptions(group=group, params=True))
+    folder = demo_lib.person_folder(images[0], tmp_path, out, group)
+    reserved = set(demo_lib.person_paths(folder).values())
+    assert folder == out / sub.relative_to(tmp_path)
+    claimed = [p for plan in plans for p in plan.values()]
+    assert len(claimed) == len(set(claimed)) and not reserved & set(claimed)
+    assert plans[0]["params"].name == "person_jpg.npz"
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. Argument checks
 
