@@ -76,6 +76,9 @@ flags.DEFINE_integer("num_expression", 50, "expression coefficients regressed")
 flags.DEFINE_integer("num_stages", 3, "iterative error feedback stages")
 flags.DEFINE_float("dropout", 0.5, "regressor dropout")
 flags.DEFINE_float("init_cam_scale", 7.0, "initial camera scale (normalised units per metre)")
+flags.DEFINE_enum("pose_head", "regress", ["regress", "landmarks"],
+                  "regress: RingNet's regressed global rotation and camera; landmarks: the pose guidance "
+                  "network's 68 predicted 3D landmarks with the pose solved from them (Umeyama)")
 # Rings and augmentation.
 flags.DEFINE_integer("ring_size", 6, "R: images per ring (R - 1 of one identity, 1 of another)")
 flags.DEFINE_integer("rings_per_batch", 2, "rings per training batch")
@@ -121,7 +124,8 @@ def config_from_flags():
 
     model = ModelConfig(image_size=F.image_size, backbone=F.backbone, num_shape=F.num_shape,
                         num_expression=F.num_expression, num_stages=F.num_stages, dropout=F.dropout,
-                        backbone_weights=F.backbone_weights, init_cam_scale=F.init_cam_scale)
+                        backbone_weights=F.backbone_weights, init_cam_scale=F.init_cam_scale,
+                        pose_head=F.pose_head)
     rings = RingConfig(ring_size=F.ring_size, rings_per_batch=F.rings_per_batch, image_size=F.image_size,
                        min_images=F.min_images, seed=F.data_seed, augment=F.augment)
     loss = LossConfig(shape_consistency=F.w_shape_consistency, landmarks=F.w_landmarks,

@@ -31,6 +31,22 @@ def project_normalised(points, cam):
     return cam[..., None, 0:1] * (points[..., :2] + cam[..., None, 1:3])
 
 
+def to_camera_frame(points, cam):
+    """Points as the camera sees them, in normalised units: (s (X + tx), s (Y + ty), s Z).
+
+    x, y are `project_normalised`; z is the depth towards the camera on the same scale (weak
+    perspective fixes no depth origin: compare depths relative to a common reference).
+    points: [..., N, 3]; cam: [..., 3] -> [..., N, 3].
+    """
+    xy = project_normalised(points, cam)
+    z = cam[..., None, 0:1] * points[..., 2:3]
+    if isinstance(xy, np.ndarray):
+        return np.concatenate([xy, z], axis=-1)
+    import tensorflow as tf  # tensors: the only place this module needs TF
+
+    return tf.concat([xy, z], axis=-1)
+
+
 def normalised_to_pixels(normalised, image_size: float):
     """[..., 2] normalised coordinates (y up) to pixels (u right, v down) of a square image."""
     return (normalised * _AXIS_SIGN + 1.0) * (0.5 * image_size) - 0.5

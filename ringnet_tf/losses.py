@@ -52,28 +52,25 @@ def l2_prior(coeffs: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.reduce_sum(tf.square(coeffs), axis=-1))
 
 
-def landmark3d_loss(pred: tf.Tensor, cam: tf.Tensor, target: tf.Tensor, weight: tf.Tensor,
-                    image_size: float) -> tf.Tensor:
-    """Mean 3D distance between the model's landmarks, seen by its camera, and 3D labels.
+def landmark3d_loss(pred: tf.Tensor, target: tf.Tensor, weight: tf.Tensor, image_size: float) -> tf.Tensor:
+    """Mean 3D distance between predicted landmarks in the camera's frame and 3D labels.
 
-    Both sides go to the camera's normalised frame (x right, y up, z towards the camera, units of
-    half the image side): the prediction as s * (X + tx, Y + ty, Z), the labels from pixels (x, y
-    as the 2D landmarks, z on the same scale). Weak perspective fixes no depth origin, so both
-    sides' depths are taken relative to their mean over the 68 landmarks.
+    Both sides are in the camera's normalised frame (x right, y up, z towards the camera, units of
+    half the image side; `camera.to_camera_frame`): the labels come from pixels (x, y as the 2D
+    landmarks, z on the same scale). Weak perspective fixes no depth origin, so both sides' depths
+    are taken relative to their mean over the landmarks.
 
     Args:
-      pred: [B, L, 3] posed model-frame landmarks; cam: [B, 3] (s, tx, ty);
-      target: [B, L, 3] labels (x, y pixels, z depth in pixels); weight: [B], 0 where unlabelled.
+      pred: [B, L, 3] in the normalised camera frame; target: [B, L, 3] labels (x, y pixels, z
+        depth in pixels); weight: [B], 0 where unlabelled.
     Returns:
       [] float32: mean over images of weight * (mean over landmarks of the Euclidean distance);
       unlabelled images count as 0 (a plain mean, as `landmark_loss`).
     """
     pred = tf.cast(pred, tf.float32)
-    xy = camera.project_normalised(pred, cam)
-    z = cam[:, None, 0:1] * pred[..., 2:3]
     t_xy = camera.pixels_to_normalised(target[..., :2], image_size)
     t_z = target[..., 2:3] / (0.5 * image_size)
-    p3 = tf.concat([xy, z - tf.reduce_mean(z, axis=1, keepdims=True)], -1)
+    p3 = tf.concat([pred[..., :2], pred[..., 2:] - tf.reduce_mean(pred[..., 2:], axis=1, keepdims=True)], -1)
     t3 = tf.concat([t_xy, t_z - tf.reduce_mean(t_z, axis=1, keepdims=True)], -1)
     dist = tf.sqrt(tf.reduce_sum(tf.square(p3 - t3), axis=-1) + 1e-12)
     return tf.reduce_mean(weight * tf.reduce_mean(dist, axis=-1))

@@ -28,6 +28,7 @@ from ringnet_tf.params import ParamSpec
 BACKBONES = ("resnet50", "tiny")
 POOL1_KINDS = ("keras", "slim")
 OUTPUT_CONVENTIONS = ("ours", "ringnet")
+POSE_HEADS = ("regress", "landmarks")
 BACKBONE_WEIGHTS_HELP = "none (random init), imagenet (Keras' download; network needed), or a .weights.h5 path"
 
 
@@ -51,6 +52,9 @@ class ModelConfig:
     pool1: str = "keras"
     # "ours" or "ringnet": the regressor's own convention (see the module docstring).
     output_convention: str = "ours"
+    # "regress" (RingNet: the regressor's global rotation and camera) or "landmarks" (the pose
+    # guidance network: 68 predicted 3D landmarks, the pose solved from them; `LandmarkPose`).
+    pose_head: str = "regress"
 
     @property
     def spec(self) -> ParamSpec:
@@ -73,6 +77,10 @@ class ModelConfig:
         if self.output_convention not in OUTPUT_CONVENTIONS:
             raise ValueError(f"output_convention must be one of {', '.join(OUTPUT_CONVENTIONS)}; "
                              f"got {self.output_convention!r}")
+        if self.pose_head not in POSE_HEADS:
+            raise ValueError(f"pose_head must be one of {', '.join(POSE_HEADS)}; got {self.pose_head!r}")
+        if self.pose_head == "landmarks" and self.output_convention != "ours":
+            raise ValueError("pose_head 'landmarks' needs output_convention 'ours'")
         self.spec  # validates the parameter sizes  # noqa: B018
 
     def mean_params(self) -> np.ndarray:
@@ -162,6 +170,68 @@ class WeakPerspective(keras.layers.Layer):
 
     def compute_output_shape(self, points_shape, cam_shape):
         return (*points_shape[:-1], 2)
+
+
+@keras.saving.register_keras_serializable(package="ringnet_tf")
+class LandmarkPose(keras.layers.Layer):
+    """The pose guidance head: 68 3D landmarks from the features, and the pose solved from them.
+
+    Predicts Y [B, 68, 3], the landmarks in the camera's normalised frame (`camera.to_camera_frame`:
+    x, y as projected, z the depth on the same scale), by one dense layer from [features; theta]
+    whose bias starts at the mean face's landmarks seen by the mean camera (and whose kernel starts
+    small), so training starts from the mean estimate, like the regressor.
+
+    The pose: the weighted similarity (`ringnet_tf.procrustes`) from FLAME's landmarks at zero
+    global rotation X (shape, expression and jaw applied) to Y, over the 51 static landmarks only:
+    the 17 contour landmarks slide over the face with the head's yaw, so at zero rotation they are
+    not the points Y shows. With Y = s R X + t and FLAME's global rotation about its root joint J0,
+    the global rotation is R and the weak-perspective camera is (s, t_x / s + (R J0 - J0)_x,
+    t_y / s + (R J0 - J0)_y). No weights besides the dense layer.
+
+    Call: features [B, F], theta [B, P], rest_landmarks [B, 68, 3], root [B, 3]
+      -> (landmarks [B, 68, 3], rotation [B, 3] axis-angle, cam [B, 3]).
+    """
+
+    def __init__(self, mean_landmarks: list | np.ndarray, **kwargs: Any):
+        kwargs.pop("dtype", None)
+        super().__init__(dtype="float32", **kwargs)
+        self.mean_landmarks_value = np.asarray(mean_landmarks, np.float32).reshape(68 * 3)
+        self.fc = keras.layers.Dense(
+            68 * 3, dtype="float32", name="fc_landmarks",
+            kernel_initializer=keras.initializers.VarianceScaling(1e-4, mode="fan_avg", distribution="uniform"),
+            bias_initializer=keras.initializers.Constant(self.mean_landmarks_value))
+        weights = np.zeros(68, np.float32)
+        weights[17:] = 1.0  # static landmarks only (see the docstring)
+        self.solve_weights = weights
+
+    def build(self, features_shape, theta_shape=None, rest_landmarks_shape=None, root_shape=None) -> None:
+        self.fc.build((None, int(features_shape[-1]) + int(theta_shape[-1])))
+        self.built = True
+
+    def call(self, features, theta, rest_landmarks, root):
+        import tensorflow as tf
+
+        from ringnet_tf import procrustes
+
+        x = keras.ops.concatenate([keras.ops.cast(features, "float32"), theta], axis=-1)
+        y = keras.ops.reshape(self.fc(x), (-1, 68, 3))
+        w = tf.broadcast_to(tf.constant(self.solve_weights), tf.shape(y)[:2])
+        scale, rot, trans = procrustes.similarity(rest_landmarks, y, w)
+        moved = tf.einsum("bij,bj->bi", rot, root) - root  # R J0 - J0
+        safe = tf.where(tf.abs(scale) < 1e-6, tf.fill(tf.shape(scale), 1e-6), scale)
+        cam = tf.stack([scale, trans[:, 0] / safe + moved[:, 0], trans[:, 1] / safe + moved[:, 1]], axis=-1)
+        rotation = procrustes.rotation_to_axis_angle(rot)
+        # Static shapes for what follows (the solve's gathers lose them; the camera's slicing needs them).
+        return y, tf.ensure_shape(rotation, [None, 3]), tf.ensure_shape(cam, [None, 3])
+
+    def compute_output_shape(self, features_shape, theta_shape, rest_landmarks_shape, root_shape):
+        b = features_shape[0]
+        return (b, 68, 3), (b, 3), (b, 3)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(mean_landmarks=self.mean_landmarks_value.tolist())
+        return config
 
 
 # RingNet's pixels: u = (x_n + 1) * S / 2 (HMR's keypoint normalisation); ours subtract half a pixel.
@@ -335,11 +405,32 @@ def build_ringnet(flame: FlameModel | FlameLayer, config: ModelConfig = ModelCon
         stages = keras.ops.reshape(flat, (-1, config.num_stages, spec.total))
     theta = stages[:, -1]
     parts = {name: theta[:, s] for name, s in spec.slices().items()}
+    extra = {}
+    if config.pose_head == "landmarks":
+        # The regressor's shape, expression and jaw; global rotation and camera from the 3D
+        # landmarks the head predicts (LandmarkPose).
+        jaw = parts["pose"][:, 3:]
+        rest = flame(parts["shape"], parts["expression"], keras.ops.concatenate(
+            [keras.ops.zeros_like(jaw), jaw], axis=-1))
+        head = LandmarkPose(_mean_camera_landmarks(flame, config), name="pose_head")
+        landmarks_cam, rotation, cam = head(features, theta, rest["landmarks"], rest["joints"][:, 0])
+        parts = {**parts, "cam": cam, "pose": keras.ops.concatenate([rotation, jaw], axis=-1)}
+        theta = keras.ops.concatenate([parts[name] for name in spec.slices()], axis=-1)
+        extra = {"landmarks_camera": landmarks_cam}
     decoded = flame(parts["shape"], parts["expression"], parts["pose"])
     landmarks2d = WeakPerspective(name="project")(decoded["landmarks"], parts["cam"])
     outputs = {
         "params": theta, "params_stages": stages, **parts,
         "vertices": decoded["vertices"], "landmarks3d": decoded["landmarks"],
-        "landmarks2d": landmarks2d, "now_landmarks": decoded["now_landmarks"],
+        "landmarks2d": landmarks2d, "now_landmarks": decoded["now_landmarks"], **extra,
     }
     return keras.Model(images, outputs, name="ringnet")
+
+
+def _mean_camera_landmarks(flame: FlameLayer, config: ModelConfig) -> np.ndarray:
+    """[68, 3] the mean face's landmarks (all parameters zero) seen by the mean camera, normalised."""
+    spec = config.spec
+    zeros = [np.zeros((1, n), np.float32) for n in (spec.num_shape, spec.num_expression, 6)]
+    lms = keras.ops.convert_to_numpy(flame(*zeros)["landmarks"])[0]
+    cam = config.mean_params()[spec.slices()["cam"]]
+    return camera.to_camera_frame(lms.astype(np.float32), cam.astype(np.float32))

@@ -86,8 +86,16 @@ class RingNetTrainer(keras.Model):
                 for k in ("landmarks3d", "has_landmarks3d", "shape", "has_shape")}
         zero = tf.constant(0.0)
         parts["landmarks3d"] = zero if flat["landmarks3d"] is None else losses.landmark3d_loss(
-            out["landmarks3d"], out["cam"], flat["landmarks3d"], flat["has_landmarks3d"],
-            self.image_size)
+            camera.to_camera_frame(out["landmarks3d"], out["cam"]), flat["landmarks3d"],
+            flat["has_landmarks3d"], self.image_size)
+        if "landmarks_camera" in out:
+            # The pose guidance head's own 3D landmarks (the pose is solved from them): the 2D
+            # labels on their x, y, and the 3D labels where present, as for FLAME's landmarks.
+            parts["landmarks"] += losses.landmark_loss(
+                out["landmarks_camera"][..., :2], tf.concat([target_xy, target[..., 2:]], axis=-1))
+            if flat["landmarks3d"] is not None:
+                parts["landmarks3d"] += losses.landmark3d_loss(
+                    out["landmarks_camera"], flat["landmarks3d"], flat["has_landmarks3d"], self.image_size)
         parts["shape_supervised"] = (
             zero if flat["shape"] is None or self._shape_basis is None
             else losses.neutral_mesh_loss(out["shape"], flat["shape"], flat["has_shape"],

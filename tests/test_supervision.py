@@ -11,7 +11,7 @@ from flame import constants as C
 from flame.io import load_flame
 from flame.layer import FlameLayer
 from flame.model import save_flame_files
-from ringnet_tf import losses
+from ringnet_tf import camera, losses
 from ringnet_tf.data import dataset as D
 from ringnet_tf.data import rings
 from ringnet_tf.data import synthetic as S
@@ -53,22 +53,22 @@ def test_3d_landmarks_are_the_2d_ones_plus_scaled_depth(dataset, flame_dir):
 def test_landmark3d_loss_is_zero_at_the_truth_and_grows_with_error(dataset, flame_dir):
     gt = D.read_ground_truth(dataset)
     _, out = _decode(flame_dir, gt)
-    pred, cam = out["landmarks"], tf.constant(gt["cam"])
+    pred = camera.to_camera_frame(out["landmarks"], tf.constant(gt["cam"]))
     target = tf.constant(gt["landmarks3d"])
     ones = tf.ones([9])
-    assert float(losses.landmark3d_loss(pred, cam, target, ones, CFG.size)) < 1e-4
+    assert float(losses.landmark3d_loss(pred, target, ones, CFG.size)) < 1e-4
     # A depth offset is invisible to weak perspective: no loss.
     shifted = target + tf.constant([0.0, 0.0, 7.0])
-    assert float(losses.landmark3d_loss(pred, cam, shifted, ones, CFG.size)) < 1e-4
+    assert float(losses.landmark3d_loss(pred, shifted, ones, CFG.size)) < 1e-4
     # Moving every label by d pixels in depth alternately (+d, -d) costs d / (size / 2) on average.
     sign = np.where(np.arange(68) % 2 == 0, 1.0, -1.0).astype(np.float32)
     bumped = target + tf.constant(np.stack([0 * sign, 0 * sign, 3.0 * sign], -1))
-    assert float(losses.landmark3d_loss(pred, cam, bumped, ones, CFG.size)) == pytest.approx(
+    assert float(losses.landmark3d_loss(pred, bumped, ones, CFG.size)) == pytest.approx(
         3.0 / (CFG.size / 2), rel=1e-3)
     # Unlabelled images count zero.
     half = tf.constant([1.0] * 4 + [0.0] * 5)
-    full = losses.landmark3d_loss(pred, cam, bumped, ones, CFG.size)
-    part = losses.landmark3d_loss(pred, cam, bumped, half, CFG.size)
+    full = losses.landmark3d_loss(pred, bumped, ones, CFG.size)
+    part = losses.landmark3d_loss(pred, bumped, half, CFG.size)
     assert float(part) == pytest.approx(float(full) * 4 / 9, rel=1e-4)
 
 
