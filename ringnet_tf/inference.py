@@ -1,7 +1,8 @@
 """Loading a trained RingNet for inference, and the compact checkpoint format.
 
 Three sources, one interface (`Predictor`):
-- a training run directory (`train.py --out`): `config.json` + `ringnet.keras`;
+- a training run directory (`train.py --out`): `config.json` + `ringnet.keras`, or, for a run that
+  has not finished, its newest checkpoint under `checkpoints/`;
 - a compact checkpoint directory (what `checkpoints/` ships): `config.json` + `weights.npz`, the
   network's weights without the FLAME arrays (float16 by default), which are rebuilt from the head
   model and checked against the recorded fingerprint;
@@ -183,13 +184,26 @@ def load_predictor(path: str | os.PathLike, flame_model: str | None = None) -> P
         except Exception as e:
             raise CheckpointError(f"{file}: cannot load ({type(e).__name__}: {_one_line(e)})") from None
         return KerasPredictor(net, str(path), config)
-    if not (path / COMPACT_WEIGHTS).exists():
+    in_progress = not (path / COMPACT_WEIGHTS).exists() and (path / "checkpoints").is_dir()
+    if not (path / COMPACT_WEIGHTS).exists() and not in_progress:
         raise CheckpointError(f"{path}: holds neither ringnet.keras nor {COMPACT_WEIGHTS}")
     try:
         model_config = ModelConfig(**{**config["model"], "backbone_weights": "none"})
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / CONFIG_NAME}: bad model config ({e})") from None
     net = build_ringnet(flame, model_config)
+    if in_progress:
+        # A run that has not finished (or was stopped): its newest training checkpoint.
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(str(path / "checkpoints"))
+        if latest is None:
+            raise CheckpointError(f"{path / 'checkpoints'}: no readable training checkpoint")
+        try:
+            tf.train.Checkpoint(net=net).restore(latest).expect_partial()
+        except Exception as e:
+            raise CheckpointError(f"{latest}: cannot restore ({type(e).__name__}: {_one_line(e)})") from None
+        return KerasPredictor(net, latest, config)
     weights = _stored_weights(net)
     file = path / COMPACT_WEIGHTS
     try:

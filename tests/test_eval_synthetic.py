@@ -11,7 +11,7 @@ from ringnet_tf.data import dataset as D
 from ringnet_tf.data.synthetic import SynthConfig, generate
 from ringnet_tf.evaluate.__main__ import main
 from ringnet_tf.evaluate.synthetic import (evaluate_synthetic, format_noise, measure_detector_noise, nme,
-                                           person_groups, shape_diagnostics)
+                                           person_groups, pose_error_deg, shape_diagnostics)
 from ringnet_tf.inference import load_predictor, save_compact
 from ringnet_tf.model import ModelConfig, build_ringnet
 from tests.conftest import make_tiny_model
@@ -34,14 +34,17 @@ def setup(tmp_path_factory):
 class Oracle:
     """Predicts the true shape of each image: the metric must then be ~0."""
 
-    def __init__(self, inner, truth_shapes):
-        self.inner, self.truth = inner, truth_shapes
+    def __init__(self, inner, truth_shapes, truth_rotations=None):
+        self.inner, self.truth, self.rotations = inner, truth_shapes, truth_rotations
         self.flame_layer, self.faces, self.image_size = inner.flame_layer, inner.faces, inner.image_size
         self.net, self.i = inner.net, 0
 
     def predict(self, crops):
         out = self.inner.predict(crops)
         out["shape"] = self.truth[self.i:self.i + len(crops)].astype(np.float32)
+        if self.rotations is not None:  # params: cam (3), then the global rotation
+            out["params"] = out["params"].copy()
+            out["params"][:, 3:6] = self.rotations[self.i:self.i + len(crops)]
         self.i += len(crops)
         return out
 
@@ -51,9 +54,10 @@ class Oracle:
 
 def test_oracle_scores_zero_and_mean_shape_does_not(setup):
     inner = load_predictor(setup / "ckpt", str(setup / "flame"))
-    truth = D.read_ground_truth(setup / "data")["shape"]
+    gt = D.read_ground_truth(setup / "data")
+    truth = gt["shape"]
     # Steps past the robust scale's annealing (refine.DEFAULT_ANNEAL_STEPS), as real runs take.
-    results = evaluate_synthetic(Oracle(inner, truth), setup / "data", fit_steps=300)
+    results = evaluate_synthetic(Oracle(inner, truth, gt["pose"][:, :3]), setup / "data", fit_steps=300)
     assert results["network"]["images"] == 4
     assert results["network"]["mean_mm"] < 1e-3
     assert results["mean shape"]["mean_mm"] > 100 * results["network"]["mean_mm"]
@@ -64,6 +68,18 @@ def test_oracle_scores_zero_and_mean_shape_does_not(setup):
     # Oracle shapes track the truth and are identical within a person.
     assert results["network"]["shape_correlation"] == pytest.approx(1.0, abs=1e-5)
     assert results["network"]["identity_spread"] == pytest.approx(0.0, abs=1e-9)
+    # The oracle's head rotations are the truth; the mean shape row has none.
+    assert results["network"]["pose_deg"] < 1e-4 and results["mean shape"]["pose_deg"] is None
+    assert np.isfinite(results["landmark fitting"]["pose_deg"])
+
+
+def test_pose_error_is_the_geodesic_angle():
+    from scipy.spatial.transform import Rotation
+
+    a = Rotation.from_rotvec(np.random.default_rng(1).normal(size=(5, 3)))
+    b = a * Rotation.from_euler("z", [[10], [20], [30], [90], [170]], degrees=True)  # known relative turns
+    np.testing.assert_allclose(pose_error_deg(a.as_rotvec(), b.as_rotvec()), [10, 20, 30, 90, 170], atol=1e-9)
+    np.testing.assert_allclose(pose_error_deg(b.as_rotvec(), a.as_rotvec()), [10, 20, 30, 90, 170], atol=1e-9)
 
 
 def test_shape_diagnostics_hand_computed():

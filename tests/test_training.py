@@ -149,3 +149,23 @@ def test_two_logical_devices_give_the_same_loss(setup):
     assert result["replicas"] == [1, 2]
     assert result["loss_2"] == pytest.approx(result["loss_1"], rel=1e-5)
     assert np.isfinite(result["train_loss_2"])
+
+
+def test_an_unfinished_run_loads_from_its_newest_checkpoint(setup, tmp_path):
+    import shutil
+
+    from ringnet_tf.inference import load_predictor
+
+    done = Path(run(_config(setup, "unfinished", num_steps=4), stream=io.StringIO())["out"])
+    stopped = tmp_path / "stopped"
+    shutil.copytree(done, stopped)
+    (stopped / "ringnet.keras").unlink()  # as if killed after its last checkpoint (step 4)
+    crops = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    a = load_predictor(done, str(setup / "flame")).predict(crops)["params"]
+    b = load_predictor(stopped, str(setup / "flame")).predict(crops)["params"]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    shutil.rmtree(stopped / "checkpoints")
+    (stopped / "checkpoints").mkdir()
+    from ringnet_tf.inference import CheckpointError
+    with pytest.raises(CheckpointError, match="no readable training checkpoint"):
+        load_predictor(stopped, str(setup / "flame"))

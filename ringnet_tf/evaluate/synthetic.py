@@ -225,12 +225,15 @@ def format_noise(stats: dict[str, Any]) -> str:
 class MethodResult:
     distances_mm: list[np.ndarray] = dataclasses.field(default_factory=list)
     nme: list[float] = dataclasses.field(default_factory=list)
+    pose_deg: list[float] = dataclasses.field(default_factory=list)
     excluded: int | None = None
 
     def summary(self) -> dict[str, Any]:
         pooled = np.concatenate(self.distances_mm) if self.distances_mm else np.zeros(0)
         out = now.error_statistics(pooled)
         out["nme"] = float(np.mean(self.nme)) if self.nme else None
+        out["pose_deg"] = float(np.mean(self.pose_deg)) if self.pose_deg else None
+        out["pose_deg_median"] = float(np.median(self.pose_deg)) if self.pose_deg else None
         out["images"] = len(self.distances_mm)
         if self.excluded is not None:
             out["excluded"] = self.excluded
@@ -270,6 +273,18 @@ def shape_diagnostics(pred: np.ndarray, truth: np.ndarray, identities: list[str]
             "identity_spread": within / between if between > 0 else None}
 
 
+def pose_error_deg(pred_rotvec: np.ndarray, true_rotvec: np.ndarray) -> np.ndarray:
+    """Geodesic angle (degrees) between predicted and true global head rotations.
+
+    pred_rotvec, true_rotvec: [N, 3] axis-angle -> [N]: the angle of R_pred^T R_true, in [0, 180].
+    """
+    from scipy.spatial.transform import Rotation
+
+    rel = Rotation.from_rotvec(np.asarray(pred_rotvec, np.float64)).inv() * \
+        Rotation.from_rotvec(np.asarray(true_rotvec, np.float64))
+    return np.degrees(np.linalg.norm(rel.as_rotvec(), axis=-1))
+
+
 def nme(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean 68-landmark distance over the outer-eye-corner distance. pred [68, 2], truth [68, 2+]."""
     a, b = OUTER_EYE_CORNERS
@@ -297,7 +312,7 @@ class BenchSet:
     params [N, P], shape [N, S], landmarks2d [N, 68, 2] (crop pixels): the network's;
     targets [N, 68, 3]: the true landmarks in crop pixels; identities: N labels;
     scans: the true neutral face of each image's identity, as NoW scans (one per identity, shared);
-    true_shapes [N, S].
+    true_shapes [N, S]; true_rotations [N, 3] axis-angle (None: not scored).
     """
 
     params: np.ndarray
@@ -307,6 +322,7 @@ class BenchSet:
     identities: list[str]
     scans: list[now.CroppedScan]
     true_shapes: np.ndarray
+    true_rotations: np.ndarray | None = None
 
 
 def load_bench(predictor, data_dir: str | Path, limit: int | None = None, batch_size: int = 8,
@@ -362,7 +378,8 @@ def load_bench(predictor, data_dir: str | Path, limit: int | None = None, batch_
                     shape=stack("shape", (num_shape,)), landmarks2d=stack("landmarks2d", (68, 2)),
                     targets=stack("targets", (68, 3)), identities=[r.identity for r in records],
                     scans=[scans[r.identity] for r in records],
-                    true_shapes=np.asarray([gt["shape"][image_index[str(r.image)]] for r in records]))
+                    true_shapes=np.asarray([gt["shape"][image_index[str(r.image)]] for r in records]),
+                    true_rotations=np.asarray([gt["pose"][image_index[str(r.image)]][:3] for r in records]))
 
 
 def predictor_spec(predictor):
@@ -372,9 +389,10 @@ def predictor_spec(predictor):
 
 
 def score(bench: BenchSet, predictor, shapes: np.ndarray, landmarks_px: np.ndarray | None = None,
-          chunk: int = 64) -> MethodResult:
-    """The 3D error of neutral meshes FLAME(shapes [N, S]) (shapes [1, S]: the same for all) and,
-    given landmarks_px [N, 68, 2], their NME against the true landmarks."""
+          chunk: int = 64, params: np.ndarray | None = None) -> MethodResult:
+    """The 3D error of neutral meshes FLAME(shapes [N, S]) (shapes [1, S]: the same for all),
+    given landmarks_px [N, 68, 2] their NME against the true landmarks, and given params [N, P]
+    the geodesic error of their global rotation."""
     res = MethodResult()
     n = len(bench.identities)
     for start in range(0, n, chunk):
@@ -387,6 +405,9 @@ def score(bench: BenchSet, predictor, shapes: np.ndarray, landmarks_px: np.ndarr
             res.distances_mm.append(ev.distances_mm)
     if landmarks_px is not None:
         res.nme = [nme(landmarks_px[i], bench.targets[i]) for i in range(n)]
+    if params is not None and n and bench.true_rotations is not None:
+        rot = predictor_spec(predictor).split(params)["pose"][:, :3]
+        res.pose_deg = pose_error_deg(rot, bench.true_rotations).tolist()
     return res
 
 
@@ -422,14 +443,15 @@ def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None
     kwargs = dict(refine_kwargs or {})
     n = len(bench.identities)
     results: dict[str, MethodResult] = {}
-    results["network"] = score(bench, predictor, bench.shape, bench.landmarks2d)
+    results["network"] = score(bench, predictor, bench.shape, bench.landmarks2d, params=bench.params)
     results["mean shape"] = score(bench, predictor, np.zeros((1, flame.num_shape), np.float32))
     log("  network and mean shape scored")
 
     def fit(start: np.ndarray, targets: np.ndarray, groups=None) -> MethodResult:
         out = refine(flame, start, targets, size, steps, groups=groups, **kwargs)
         shapes = predictor_spec(predictor).split(out.params)["shape"]
-        res = score(bench, predictor, shapes, fitted_landmarks_px(flame, out.params, size))
+        res = score(bench, predictor, shapes, fitted_landmarks_px(flame, out.params, size),
+                    params=out.params)
         if groups is not None:
             res.excluded = int(out.excluded.sum())
         return res
@@ -473,12 +495,14 @@ def predictor_mean_params(predictor, spec) -> np.ndarray:
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'method':30s} {'median':>8s} {'mean':>8s} {'std':>8s}  (mm)  {'NME':>7s}  images"]
+    lines = [f"{'method':30s} {'median':>8s} {'mean':>8s} {'std':>8s}  (mm)  {'NME':>7s}  "
+             f"{'pose':>6s} (deg)  images"]
     for name, r in results.items():
         nme_text = f"{r['nme']:.4f}" if r["nme"] is not None else "      -"
+        pose_text = f"{r['pose_deg']:6.2f}" if r.get("pose_deg") is not None else "     -"
         extra = f"  ({r['excluded']} excluded)" if r.get("excluded") else ""
         lines.append(f"{name:30s} {r['median_mm']:8.3f} {r['mean_mm']:8.3f} {r['std_mm']:8.3f}        "
-                     f"{nme_text:>7s}  {r['images']}{extra}")
+                     f"{nme_text:>7s}  {pose_text}        {r['images']}{extra}")
     net = results.get("network", {})
     if "shape_correlation" in net:
         def fmt(v):
