@@ -346,14 +346,26 @@ def restore_newest_readable(net: keras.Model, optimizer: keras.optimizers.Optimi
     return None
 
 
+def _without_pose_head(net: keras.Model) -> list:
+    """The network's stored weights in order, less those of the pose guidance head (if any)."""
+    from ringnet_tf.inference import _stored_weights
+
+    try:
+        head = {id(w) for w in net.get_layer("pose_head").weights}
+    except ValueError:
+        head = set()
+    return [w for w in _stored_weights(net) if id(w) not in head]
+
+
 def warm_start(net: keras.Model, source: str, model: ModelConfig, flame_model: str | None) -> None:
     """Copies the weights of a trained network of the same architecture into `net`.
 
     source: a run directory (its ringnet.keras) or a compact checkpoint; its head model must be this
     run's (the fingerprint check of `load_predictor`) and its model config equal `model` up to
-    `backbone_weights` (which only matters for a fresh initialisation). Raises ConfigError.
+    `backbone_weights` (which only matters for a fresh initialisation) and `pose_head` (a pose
+    guidance head is new: it keeps its initialisation, the rest is copied). Raises ConfigError.
     """
-    from ringnet_tf.inference import CheckpointError, _stored_weights, load_predictor
+    from ringnet_tf.inference import CheckpointError, load_predictor
 
     try:
         predictor = load_predictor(source, flame_model)
@@ -369,11 +381,13 @@ def warm_start(net: keras.Model, source: str, model: ModelConfig, flame_model: s
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{source}: bad model config ({e})") from None
     mine = dataclasses.asdict(model)
-    diff = sorted(k for k in mine if k != "backbone_weights" and saved.get(k) != mine[k])
+    # pose_head may differ: a new pose guidance head starts from its own initialisation on top of
+    # a trained encoder and regressor (which both heads share).
+    diff = sorted(k for k in mine if k not in ("backbone_weights", "pose_head") and saved.get(k) != mine[k])
     if diff:
         raise ConfigError(f"{source}: another network (its model config differs in {', '.join(diff)}); "
                           f"--init_from needs the same architecture")
-    src, dst = _stored_weights(theirs), _stored_weights(net)
+    src, dst = _without_pose_head(theirs), _without_pose_head(net)
     for a, b in zip(src, dst, strict=True):
         if tuple(a.shape) != tuple(b.shape):
             raise ConfigError(f"{source}: weight {b.path} has shape {tuple(a.shape)}, this network "

@@ -165,3 +165,25 @@ def test_a_training_step_with_each_head_compiles(flame, jit):
         np.testing.assert_allclose(camera.project_normalised(decoded["landmarks"], out["cam"]),
                                    out["landmarks2d"], atol=1e-5)
         assert ("landmarks_camera" in out) == (head == "landmarks")
+
+
+def test_warm_start_from_a_regress_network_copies_all_but_the_new_head(flame, tmp_path):
+    from flame.model import save_flame_files
+    from ringnet_tf.inference import _stored_weights, save_compact
+    from ringnet_tf.train_lib import warm_start
+
+    model = make_tiny_model(num_vertices=120)
+    save_flame_files(model, tmp_path / "flame")
+    config = ModelConfig(image_size=32, backbone="tiny", num_shape=10, num_expression=5, hidden=16)
+    source = build_ringnet(model, config)
+    save_compact(source, config.__dict__, model.fingerprint(), tmp_path / "ckpt")
+    target_config = ModelConfig(**{**config.__dict__, "pose_head": "landmarks"})
+    target = build_ringnet(model, target_config)
+    head_before = [w.numpy().copy() for w in target.get_layer("pose_head").weights]
+    warm_start(target, str(tmp_path / "ckpt"), target_config, str(tmp_path / "flame"))
+    head = {id(w) for w in target.get_layer("pose_head").weights}
+    copied = [w for w in _stored_weights(target) if id(w) not in head]
+    for a, b in zip(_stored_weights(source), copied, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3)  # compact weights are float16
+    for a, b in zip(head_before, target.get_layer("pose_head").weights):
+        np.testing.assert_array_equal(a, b.numpy())
