@@ -114,6 +114,10 @@ def test_cli_writes_json_and_refuses_a_mismatched_head_model(setup, tmp_path, ca
         "network", "mean shape", "landmark fitting", "network + refinement", "shared shape x2",
         "network + refinement, noisy", "shared shape x2, noisy"}  # 2 images per identity: no x4, x8
     assert "mean shape" in capsys.readouterr().out
+    assert main(args + ["--out", str(tmp_path / "n.json"), "--network_only"]) == 0
+    quick = json.loads((tmp_path / "n.json").read_text())["results"]
+    full = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert set(quick) == {"network", "mean shape"} and quick["network"] == full["network"]
     save_flame_files(make_tiny_model(seed=3, num_vertices=300), tmp_path / "other")
     args[args.index(str(setup / "flame"))] = str(tmp_path / "other")
     assert main(args) == 1

@@ -98,6 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     s.add_argument("--force", action="store_true", help="replace --out")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--network_only", action="store_true",
+                   help="only the network and mean-shape rows (no fitting: a quick check of a run)")
     return parser
 
 

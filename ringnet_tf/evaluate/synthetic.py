@@ -427,13 +427,14 @@ def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None
                        fit_steps: int | None = None, batch_size: int = 8,
                        log: Callable[[str], None] = lambda s: None,
                        shared_sizes: tuple[int, ...] = SHARED_SIZES, noisy: bool = True,
-                       noise_seed: int = NOISE_SEED, refine_kwargs: dict[str, Any] | None = None
-                       ) -> dict[str, dict[str, Any]]:
+                       noise_seed: int = NOISE_SEED, refine_kwargs: dict[str, Any] | None = None,
+                       network_only: bool = False) -> dict[str, dict[str, Any]]:
     """Runs the benchmark; returns {row: {median_mm, mean_mm, std_mm, nme, images[, excluded]}}.
 
     fit_steps: refinement's maximum steps (None: refine's default); refine_kwargs: more of
     `refine`'s keywords (for tuning). Shared-shape rows for K in shared_sizes (those up to the
-    most images of one identity), and the noisy rows when `noisy`.
+    most images of one identity), and the noisy rows when `noisy`; `network_only`: the network
+    and mean-shape rows alone.
     """
     from ringnet_tf.refine import DEFAULT_STEPS, refine
 
@@ -446,6 +447,11 @@ def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None
     results["network"] = score(bench, predictor, bench.shape, bench.landmarks2d, params=bench.params)
     results["mean shape"] = score(bench, predictor, np.zeros((1, flame.num_shape), np.float32))
     log("  network and mean shape scored")
+    if network_only:
+        summary = {name: res.summary() for name, res in results.items()}
+        if n:
+            summary["network"].update(shape_diagnostics(bench.shape, bench.true_shapes, bench.identities))
+        return summary
 
     def fit(start: np.ndarray, targets: np.ndarray, groups=None) -> MethodResult:
         out = refine(flame, start, targets, size, steps, groups=groups, **kwargs)
@@ -527,7 +533,8 @@ def main(args) -> int:
     try:
         predictor = load_predictor(args.checkpoint, args.flame_model)
         log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-        results = evaluate_synthetic(predictor, args.data, args.limit, args.fit_steps, log=log)
+        results = evaluate_synthetic(predictor, args.data, args.limit, args.fit_steps, log=log,
+                                     network_only=getattr(args, "network_only", False))
     except (CheckpointError, FlameFileError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
