@@ -74,6 +74,16 @@ def tiny_model() -> FlameModel:
     return make_tiny_model()
 
 
+@pytest.fixture(scope="module")
+def flame_dir(tmp_path_factory):
+    """A small random model (200 vertices) written in FLAME's file format, once per test module."""
+    from flame.model import save_flame_files
+
+    path = tmp_path_factory.mktemp("flame")
+    save_flame_files(make_tiny_model(num_vertices=200), path)
+    return path
+
+
 TRAIN_IDENTITIES = [f"id{i}" for i in range(4) for _ in range(4)]
 
 

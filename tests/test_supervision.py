@@ -10,22 +10,13 @@ import tensorflow as tf
 from flame import constants as C
 from flame.io import load_flame
 from flame.layer import FlameLayer
-from flame.model import save_flame_files
 from ringnet_tf import camera, losses
 from ringnet_tf.data import dataset as D
 from ringnet_tf.data import rings
 from ringnet_tf.data import synthetic as S
-from tests.conftest import make_tiny_model
 
 CFG = S.SynthConfig(identities=3, images_per_identity=3, seed=7, size=64, num_shape=10,
                     num_expression=5, appearance="image")
-
-
-@pytest.fixture(scope="module")
-def flame_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("flame")
-    save_flame_files(make_tiny_model(num_vertices=200), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +147,29 @@ def test_appearance_per_image_changes_skin_within_an_identity(flame_dir):
     assert not np.allclose(a0, albedo)
     with pytest.raises(ValueError, match="appearance"):
         S.SynthConfig(identities=1, images_per_identity=1, appearance="person")
+
+
+def test_a_dataset_mixing_labelled_and_unlabelled_images(dataset, tmp_path):
+    # Rows of NaN mark images without labels (photos beside renders): weight 0 for those only,
+    # in both dataset forms, and the losses stay finite.
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(dataset, mixed)
+    gt = D.read_ground_truth(mixed)
+    unlabelled = np.arange(9) % 3 == 0
+    gt["landmarks3d"][unlabelled] = np.nan
+    gt["shape"][unlabelled] = np.nan
+    D.write_ground_truth(mixed, gt)
+    cfg = rings.RingConfig(ring_size=3, rings_per_batch=3, image_size=40, flip_probability=0.0)
+    for src in (mixed, D.write_tfrecords(mixed, tmp_path / "tfr")):
+        seen = set()
+        for batch in rings.open_rings(src, cfg).take(4):
+            has = batch["has_landmarks3d"].numpy().ravel()
+            assert np.array_equal(has, batch["has_shape"].numpy().ravel())
+            assert np.isfinite(batch["landmarks3d"].numpy()).all() and np.isfinite(batch["shape"].numpy()).all()
+            seen |= set(has.tolist())
+            pred = tf.zeros_like(batch["landmarks3d"][0])
+            loss = losses.landmark3d_loss(pred, batch["landmarks3d"][0], batch["has_landmarks3d"][0], 40)
+            assert np.isfinite(loss.numpy())
+        assert seen == {0.0, 1.0}

@@ -8,20 +8,11 @@ import tensorflow as tf
 
 from flame.io import load_flame
 from flame.layer import FlameLayer
-from flame.model import save_flame_files
 from ringnet_tf import camera, preprocess
 from ringnet_tf.data import dataset as D
 from ringnet_tf.data.synthetic import SynthConfig, framing_camera, generate, main
-from tests.conftest import make_tiny_model
 
 CFG = SynthConfig(identities=3, images_per_identity=2, seed=5, size=64, num_shape=10, num_expression=5)
-
-
-@pytest.fixture(scope="module")
-def flame_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("flame")
-    save_flame_files(make_tiny_model(num_vertices=200), path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ A dataset directory holds:
   manifest, z the depth towards the camera in pixels of the same scale, origin arbitrary, hidden
   landmarks included; the convention of 300W-LP-style 3D labels) and per-identity neutral meshes
   (`neutral_identity` [I], `neutral_vertices` [I, V, 3] float32). Every key is optional: training
-  uses `shape` and `landmarks3d` for the supervised losses when a dataset has them.
+  uses `shape` and `landmarks3d` for the supervised losses when a dataset has them; a row of NaN
+  marks one image without that label (a dataset mixing labelled and unlabelled images).
 
 The TFRecord form (`tfrecords/shard-XXXXX-of-YYYYY.tfrecord` plus `dataset.json`) holds the same
 data with one `tf.train.Example` per identity (all its images, their bytes untouched), so a

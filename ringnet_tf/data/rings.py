@@ -257,19 +257,28 @@ def manifest_labels(dataset_dir: str | os.PathLike, records: list[D.Record]) -> 
 
 def labels_of(landmarks3d, shape, n: int) -> dict[str, Any]:
     """Per-image 3D labels with their presence: landmarks3d [n, 68, 3] and has_landmarks3d [n],
-    shape [n, S] (S = 1 when absent) and has_shape [n]; absent labels are zeros with weight 0.
-    Works on NumPy arrays (manifest form) and TF tensors (TFRecord form)."""
+    shape [n, S] (S = 1 when absent) and has_shape [n]. Absent labels are zeros with weight 0: a
+    whole key missing, or single rows of NaN (a dataset mixing labelled and unlabelled images,
+    e.g. renders with 3D landmarks and photos without). NumPy arrays (manifest form) or TF
+    tensors (TFRecord form)."""
     xp = tf if isinstance(n, tf.Tensor) else np
-    ones, zeros = xp.ones([n], np.float32), xp.zeros([n], np.float32)
+    zeros = xp.zeros([n], np.float32)
     out = {"landmarks3d": xp.zeros([n, C.NUM_LANDMARKS, 3], np.float32), "has_landmarks3d": zeros,
            "shape": xp.zeros([n, 1], np.float32), "has_shape": zeros}
+
+    def present(values, shape_):
+        values = (tf.cast(values, tf.float32) if xp is tf else values.astype(np.float32))
+        values = xp.reshape(values, shape_)
+        flat = xp.reshape(values, [n, -1])
+        finite = xp.reduce_all(xp.math.is_finite(flat), axis=1) if xp is tf else np.isfinite(flat).all(axis=1)
+        clean = xp.where(xp.math.is_finite(values) if xp is tf else np.isfinite(values), values,
+                         xp.zeros_like(values))
+        return clean, (tf.cast(finite, tf.float32) if xp is tf else finite.astype(np.float32))
+
     if landmarks3d is not None:
-        out["landmarks3d"] = xp.reshape(xp.cast(landmarks3d, tf.float32) if xp is tf else
-                                        landmarks3d.astype(np.float32), [n, C.NUM_LANDMARKS, 3])
-        out["has_landmarks3d"] = ones
+        out["landmarks3d"], out["has_landmarks3d"] = present(landmarks3d, [n, C.NUM_LANDMARKS, 3])
     if shape is not None:
-        out["shape"] = xp.cast(shape, tf.float32) if xp is tf else shape.astype(np.float32)
-        out["has_shape"] = ones
+        out["shape"], out["has_shape"] = present(shape, [n, -1])
     return out
 
 
