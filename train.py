@@ -94,7 +94,8 @@ flags.DEFINE_float("eta", 0.5, "shape-consistency margin")
 flags.DEFINE_float("w_landmarks3d", 0.0, "3D-landmark loss, on images whose dataset has 3D landmarks "
                    "(ground_truth.npz 'landmarks3d'); 0 = off (RingNet)")
 flags.DEFINE_float("w_shape_supervised", 0.0, "supervised shape loss (mean neutral-mesh distance in mm "
-                   "to the true coefficients, synthetic data only: a pre-training stage); 0 = off")
+                   "to the true coefficients' mesh, position and size removed; synthetic data only: a "
+                   "pre-training stage); 0 = off")
 # Optimisation and running.
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate (the start of the schedule)")
 flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],

@@ -76,26 +76,35 @@ def landmark3d_loss(pred: tf.Tensor, target: tf.Tensor, weight: tf.Tensor, image
     return tf.reduce_mean(weight * tf.reduce_mean(dist, axis=-1))
 
 
-def neutral_mesh_loss(shape: tf.Tensor, target: tf.Tensor, weight: tf.Tensor,
-                      basis: tf.Tensor) -> tf.Tensor:
-    """Mean vertex distance (mm) between the neutral meshes of predicted and true shape coefficients.
+def neutral_mesh_loss(shape: tf.Tensor, target: tf.Tensor, weight: tf.Tensor, basis: tf.Tensor,
+                      template: tf.Tensor) -> tf.Tensor:
+    """Mean vertex distance (mm) between the neutral meshes of predicted and true shape
+    coefficients, after removing what no image shows: position and overall size.
 
-    The neutral mesh is linear in the coefficients, so the difference of the two meshes is the
-    coefficients' difference through the shape blend shapes: components weigh as much as they move
-    the surface, which is what the benchmark measures. Only the first min(S, S') components are
-    compared: a model with fewer components than the labels has no blend shapes for the rest of
-    the truth, and no prediction could change that part of the error, so it is left out.
+    A crop normalises the face's size (the weak-perspective scale absorbs it), so a head's overall
+    scale is invisible; the benchmark, like NoW, aligns with a similarity and ignores it too. Each
+    mesh is centred on its vertex mean, and the prediction scaled by the least-squares factor
+    s = <P, T> / <P, P> onto the truth before the distance. Components are weighed by how much they
+    move the surface. Only the first min(S, S') components are compared: a model with fewer
+    components than the labels has no blend shapes for the rest of the truth.
 
     Args:
       shape: [B, S] predicted; target: [B, S'] true; weight: [B], 0 where unlabelled;
-      basis: [K >= S, 3V] planar shape blend shapes (all x, then all y, then all z), metres.
+      basis: [K >= S, 3V] planar shape blend shapes (all x, then all y, then all z), metres;
+      template: [3V] the planar template mesh.
     Returns:
       [] float32: mean over images of weight * (mean over vertices of the distance in mm).
     """
     k = min(shape.shape[-1], target.shape[-1])
-    disp = (shape[:, :k] - target[:, :k]) @ basis[:k]  # [B, 3V]
-    disp = tf.reshape(disp, [tf.shape(disp)[0], 3, -1])
-    dist = tf.sqrt(tf.reduce_sum(tf.square(disp), axis=1) + 1e-12)  # [B, V]
+
+    def centred(coeffs):
+        mesh = tf.reshape(template + coeffs[:, :k] @ basis[:k], [tf.shape(coeffs)[0], 3, -1])
+        return mesh - tf.reduce_mean(mesh, axis=-1, keepdims=True)  # [B, 3, V]
+
+    pred, true = centred(shape), centred(target)
+    scale = tf.reduce_sum(pred * true, axis=[1, 2]) / tf.maximum(tf.reduce_sum(pred * pred, axis=[1, 2]), 1e-12)
+    disp = scale[:, None, None] * pred - true
+    dist = tf.sqrt(tf.reduce_sum(tf.square(disp), axis=1) + 1e-16)  # [B, V]; 1e-8 m floor
     return tf.reduce_mean(weight * 1000.0 * tf.reduce_mean(dist, axis=-1))
 
 

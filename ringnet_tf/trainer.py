@@ -56,6 +56,7 @@ class RingNetTrainer(keras.Model):
         flame = [layer for layer in net.layers if isinstance(layer, FlameLayer)]
         # The shape blend shapes [S, 3V] (planar), for the supervised shape loss's neutral meshes.
         self._shape_basis = flame[0].basis[:flame[0].num_shape] if flame else None
+        self._template = flame[0].v_template if flame else None
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self.built = True  # the wrapped functional network is built already
 
@@ -99,7 +100,7 @@ class RingNetTrainer(keras.Model):
         parts["shape_supervised"] = (
             zero if flat["shape"] is None or self._shape_basis is None
             else losses.neutral_mesh_loss(out["shape"], flat["shape"], flat["has_shape"],
-                                          self._shape_basis))
+                                          self._shape_basis, self._template))
         parts["loss"] = tf.add_n([getattr(cfg, k) * v for k, v in parts.items()])
         return parts, out
 

@@ -63,24 +63,36 @@ def test_landmark3d_loss_is_zero_at_the_truth_and_grows_with_error(dataset, flam
     assert float(part) == pytest.approx(float(full) * 4 / 9, rel=1e-4)
 
 
-def test_neutral_mesh_loss_is_the_mean_vertex_distance_of_the_neutral_meshes(dataset, flame_dir):
+def _scale_free_mm(pred_mesh: np.ndarray, true_mesh: np.ndarray) -> float:
+    """NumPy reference: centre both [B, V, 3] meshes, scale the prediction by least squares onto
+    the truth, mean vertex distance in mm over vertices and images."""
+    p = pred_mesh - pred_mesh.mean(axis=1, keepdims=True)
+    t = true_mesh - true_mesh.mean(axis=1, keepdims=True)
+    s = (p * t).sum(axis=(1, 2)) / (p * p).sum(axis=(1, 2))
+    return 1000 * np.linalg.norm(s[:, None, None] * p - t, axis=-1).mean()
+
+
+def test_neutral_mesh_loss_is_the_scale_free_vertex_distance_of_the_neutral_meshes(dataset, flame_dir):
     gt = D.read_ground_truth(dataset)
     layer = FlameLayer(load_flame(flame_dir), CFG.num_shape, CFG.num_expression)
     neutral = gt["neutral_vertices"][np.repeat(np.arange(3), 3)]  # [9, V, 3], written by the generator
     rng = np.random.default_rng(0)
     pred = rng.normal(size=(9, CFG.num_shape)).astype(np.float32)
-    mesh = layer(tf.constant(pred), tf.zeros([9, CFG.num_expression]), tf.zeros([9, 6]))["vertices"].numpy()
-    expected = 1000 * np.linalg.norm(mesh - neutral, axis=-1).mean()
-    basis = layer.basis[:layer.num_shape]
-    got = losses.neutral_mesh_loss(tf.constant(pred), tf.constant(gt["shape"]), tf.ones([9]), basis)
-    assert float(got) == pytest.approx(expected, rel=1e-4)
+
+    def mesh(coeffs):
+        return layer(tf.constant(coeffs), tf.zeros([9, CFG.num_expression]), tf.zeros([9, 6]))["vertices"].numpy()
+
+    basis, template = layer.basis[:layer.num_shape], layer.v_template
+    got = losses.neutral_mesh_loss(tf.constant(pred), tf.constant(gt["shape"]), tf.ones([9]), basis, template)
+    assert float(got) == pytest.approx(_scale_free_mm(mesh(pred), neutral), rel=1e-4)
+    # The truth itself scores ~0; so does any prediction that differs from it only in size.
+    own = losses.neutral_mesh_loss(tf.constant(gt["shape"]), tf.constant(gt["shape"]), tf.ones([9]), basis, template)
+    assert float(own) < 1e-3
     # Fewer predicted components than labelled: only the first 4 are compared (the truth's tail
     # has no blend shapes in a 4-component model, and no prediction could change it).
-    head = lambda c: layer(tf.constant(np.concatenate([c[:, :4], np.zeros((9, CFG.num_shape - 4), np.float32)], 1)),
-                           tf.zeros([9, CFG.num_expression]), tf.zeros([9, 6]))["vertices"].numpy()
-    expected = 1000 * np.linalg.norm(head(pred) - head(gt["shape"]), axis=-1).mean()
-    got = losses.neutral_mesh_loss(tf.constant(pred[:, :4]), tf.constant(gt["shape"]), tf.ones([9]), basis)
-    assert float(got) == pytest.approx(expected, rel=1e-4)
+    head = lambda c: mesh(np.concatenate([c[:, :4], np.zeros((9, CFG.num_shape - 4), np.float32)], 1))  # noqa: E731
+    got = losses.neutral_mesh_loss(tf.constant(pred[:, :4]), tf.constant(gt["shape"]), tf.ones([9]), basis, template)
+    assert float(got) == pytest.approx(_scale_free_mm(head(pred), head(gt["shape"])), rel=1e-4)
 
 
 def test_3d_labels_survive_tfrecords(dataset, tmp_path):
