@@ -188,3 +188,26 @@ def test_warm_start_from_a_regress_network_copies_all_but_the_new_head(flame, tm
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3)  # compact weights are float16
     for a, b in zip(head_before, target.get_layer("pose_head").weights):
         np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_a_landmark_head_network_round_trips_through_compact_and_savedmodel(tmp_path):
+    from flame.model import save_flame_files
+    from ringnet_tf.export import export_saved_model
+    from ringnet_tf.inference import load_predictor, save_compact
+
+    model = make_tiny_model(num_vertices=120)
+    save_flame_files(model, tmp_path / "flame")
+    config = ModelConfig(image_size=32, backbone="tiny", num_shape=10, num_expression=5, hidden=16,
+                         pose_head="landmarks")
+    net = build_ringnet(model, config)
+    save_compact(net, config.__dict__, model.fingerprint(), tmp_path / "ckpt")
+    export_saved_model(net, tmp_path / "sm")
+    from ringnet_tf import preprocess
+
+    crops = RNG.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)  # predictors take uint8 crops
+    want = {k: v.numpy() for k, v in net(preprocess.normalise(crops)).items()}
+    compact = load_predictor(tmp_path / "ckpt", str(tmp_path / "flame")).predict(crops)
+    saved = load_predictor(tmp_path / "sm").predict(crops)
+    for got, atol in ((compact, 1e-2), (saved, 1e-5)):  # compact weights are float16
+        for key in ("params", "cam", "pose", "shape"):  # (the predictors give landmarks in pixels)
+            np.testing.assert_allclose(got[key], want[key], atol=atol)

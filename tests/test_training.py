@@ -160,7 +160,7 @@ def test_an_unfinished_run_loads_from_its_newest_checkpoint(setup, tmp_path):
     stopped = tmp_path / "stopped"
     shutil.copytree(done, stopped)
     (stopped / "ringnet.keras").unlink()  # as if killed after its last checkpoint (step 4)
-    crops = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    crops = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
     a = load_predictor(done, str(setup / "flame")).predict(crops)["params"]
     b = load_predictor(stopped, str(setup / "flame")).predict(crops)["params"]
     np.testing.assert_allclose(a, b, atol=1e-6)
