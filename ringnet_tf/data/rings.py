@@ -27,7 +27,6 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -176,13 +175,14 @@ def _augment(image: tf.Tensor, landmarks: tf.Tensor, landmarks3d: tf.Tensor, con
         images=tf.cast(image, tf.float32)[None], transforms=transform,
         output_shape=tf.constant([size, size]), fill_value=0.0, interpolation="BILINEAR",
         fill_mode="NEAREST")[0]
-    xy = landmarks[:, :2] @ tf.transpose(m[:2, :2]) + m[:2, 2]
-    lm = tf.concat([xy, landmarks[:, 2:]], axis=-1)
-    xy3 = landmarks3d[:, :2] @ tf.transpose(m[:2, :2]) + m[:2, 2]
+    # 2D and 3D landmarks side by side: one map, one mirror reordering.
+    both = tf.concat([landmarks[:, :2], landmarks3d[:, :2]], axis=0)
+    moved = both @ tf.transpose(m[:2, :2]) + m[:2, 2]
+    xy, xy3 = moved[:C.NUM_LANDMARKS], moved[C.NUM_LANDMARKS:]
     z3 = landmarks3d[:, 2:] * tf.sqrt(tf.abs(tf.linalg.det(m[:2, :2])))
-    lm3 = tf.concat([xy3, z3], axis=-1)
-    lm = tf.cond(flip, lambda: tf.gather(lm, _MIRROR), lambda: lm)
-    lm3 = tf.cond(flip, lambda: tf.gather(lm3, _MIRROR), lambda: lm3)
+    joined = tf.concat([xy, landmarks[:, 2:], xy3, z3], axis=-1)  # [68, 6]
+    joined = tf.cond(flip, lambda: tf.gather(joined, _MIRROR), lambda: joined)
+    lm, lm3 = joined[:, :3], joined[:, 3:]
     # Landmarks pushed out of the frame by the augmentation carry no usable signal.
     inside = tf.reduce_all((xy >= 0.0) & (xy <= size - 1.0), axis=-1)
     inside = tf.cond(flip, lambda: tf.gather(inside, _MIRROR), lambda: inside)
@@ -217,7 +217,7 @@ def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring:
     sampler = RingSampler([r.identity for r in records], config, str(Path(dataset_dir) / D.MANIFEST_NAME))
     paths = tf.constant([str(Path(dataset_dir) / r.image) for r in records])
     landmarks = tf.constant(np.stack([r.landmarks for r in records]), tf.float32)
-    labels = {k: tf.constant(v) for k, v in manifest_labels(dataset_dir, records).items()}
+    labels = manifest_labels(dataset_dir, records)
     r_size = config.ring_size
 
     def ring_indices():
@@ -241,7 +241,7 @@ def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring:
 LABEL_KEYS = ("landmarks3d", "has_landmarks3d", "shape", "has_shape")
 
 
-def manifest_labels(dataset_dir: str | os.PathLike, records: list[D.Record]) -> dict[str, np.ndarray]:
+def manifest_labels(dataset_dir: str | os.PathLike, records: list[D.Record]) -> dict[str, tf.Tensor]:
     """The optional 3D labels of a manifest-form dataset, one row per record (see `labels_of`)."""
     gt = D.read_ground_truth(dataset_dir) or {}
     n = len(records)
@@ -255,30 +255,25 @@ def manifest_labels(dataset_dir: str | os.PathLike, records: list[D.Record]) -> 
     return labels_of(gt.get("landmarks3d"), gt.get("shape"), n)
 
 
-def labels_of(landmarks3d, shape, n: int) -> dict[str, Any]:
+def labels_of(landmarks3d, shape, n) -> dict[str, tf.Tensor]:
     """Per-image 3D labels with their presence: landmarks3d [n, 68, 3] and has_landmarks3d [n],
     shape [n, S] (S = 1 when absent) and has_shape [n]. Absent labels are zeros with weight 0: a
-    whole key missing, or single rows of NaN (a dataset mixing labelled and unlabelled images,
-    e.g. renders with 3D landmarks and photos without). NumPy arrays (manifest form) or TF
-    tensors (TFRecord form)."""
-    xp = tf if isinstance(n, tf.Tensor) else np
-    zeros = xp.zeros([n], np.float32)
-    out = {"landmarks3d": xp.zeros([n, C.NUM_LANDMARKS, 3], np.float32), "has_landmarks3d": zeros,
-           "shape": xp.zeros([n, 1], np.float32), "has_shape": zeros}
+    whole key missing (None), or single rows of NaN (a dataset mixing labelled and unlabelled
+    images, e.g. renders with 3D landmarks and photos without). n: an int or a [] tensor."""
+    zeros = tf.zeros([n], tf.float32)
+    out = {"landmarks3d": tf.zeros([n, C.NUM_LANDMARKS, 3], tf.float32), "has_landmarks3d": zeros,
+           "shape": tf.zeros([n, 1], tf.float32), "has_shape": zeros}
 
-    def present(values, shape_):
-        values = (tf.cast(values, tf.float32) if xp is tf else values.astype(np.float32))
-        values = xp.reshape(values, shape_)
-        flat = xp.reshape(values, [n, -1])
-        finite = xp.reduce_all(xp.math.is_finite(flat), axis=1) if xp is tf else np.isfinite(flat).all(axis=1)
-        clean = xp.where(xp.math.is_finite(values) if xp is tf else np.isfinite(values), values,
-                         xp.zeros_like(values))
-        return clean, (tf.cast(finite, tf.float32) if xp is tf else finite.astype(np.float32))
+    def present(values, row_shape):
+        values = tf.reshape(tf.cast(values, tf.float32), [n, *row_shape])
+        finite = tf.math.is_finite(values)
+        row_ok = tf.reduce_all(tf.reshape(finite, [n, -1]), axis=1)
+        return tf.where(finite, values, tf.zeros_like(values)), tf.cast(row_ok, tf.float32)
 
     if landmarks3d is not None:
-        out["landmarks3d"], out["has_landmarks3d"] = present(landmarks3d, [n, C.NUM_LANDMARKS, 3])
+        out["landmarks3d"], out["has_landmarks3d"] = present(landmarks3d, [C.NUM_LANDMARKS, 3])
     if shape is not None:
-        out["shape"], out["has_shape"] = present(shape, [n, -1])
+        out["shape"], out["has_shape"] = present(shape, [-1])
     return out
 
 

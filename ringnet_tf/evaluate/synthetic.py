@@ -447,11 +447,15 @@ def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None
     results["network"] = score(bench, predictor, bench.shape, bench.landmarks2d, params=bench.params)
     results["mean shape"] = score(bench, predictor, np.zeros((1, flame.num_shape), np.float32))
     log("  network and mean shape scored")
-    if network_only:
+
+    def summarise() -> dict[str, dict[str, Any]]:
         summary = {name: res.summary() for name, res in results.items()}
         if n:
             summary["network"].update(shape_diagnostics(bench.shape, bench.true_shapes, bench.identities))
         return summary
+
+    if network_only:
+        return summarise()
 
     def fit(start: np.ndarray, targets: np.ndarray, groups=None) -> MethodResult:
         out = refine(flame, start, targets, size, steps, groups=groups, **kwargs)
@@ -475,10 +479,7 @@ def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None
             results[f"shared shape x{k}{suffix}"] = fit(bench.params, targets,
                                                         person_groups(bench.identities, k))
         log(f"  refinement rows{suffix or ', exact'} scored")
-    summary = {name: res.summary() for name, res in results.items()}
-    if n:
-        summary["network"].update(shape_diagnostics(bench.shape, bench.true_shapes, bench.identities))
-    return summary
+    return summarise()
 
 
 def keras_value(variable) -> np.ndarray:
