@@ -6,7 +6,8 @@ to --out; rerunning with the same --out resumes from the latest checkpoint.
 
 Prints only its own lines (progress, resume, done; errors as one `error: ...` line on stderr) unless
 --verbose, which keeps TensorFlow's and absl's log lines. Exit codes: 0 done, 2 a bad configuration
-or path, 3 training diverged (a non-finite loss or weight; the checkpoints kept are finite).
+or path, 3 training diverged (a non-finite loss or weight; the checkpoints kept are finite), 4 a
+multi-worker run lost a worker (rerun every worker to resume).
 """
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ def main(argv):
         return 2
     _quiet_logging(F.verbose)
     from flame.io import FlameFileError
-    from ringnet_tf.train_lib import run
+    from ringnet_tf.train_lib import WorkerLostError, run
 
     try:
         run(config_from_flags())
@@ -175,6 +176,9 @@ def main(argv):
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except WorkerLostError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     return 0
 
 

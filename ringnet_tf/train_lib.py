@@ -15,9 +15,20 @@ A run's identity is its config up to RESUMABLE_CHANGES and its own location: pat
 resolved (relative or absolute, trailing slash, all the same), and a run directory may be moved.
 A non-finite loss or weight stops training (FloatingPointError) before the step's weights reach a
 checkpoint.
+
+Several workers (`distribute="multiworker"`, one process per host, each with its own TF_CONFIG):
+every worker reads the same ring stream and trains its block of each global batch (the sharding
+rule in `ringnet_tf.data.rings`), with BatchNorm statistics over the global batch, so N workers
+take the step one worker with the same global batch would. Only the chief (worker 0) writes: the
+run directory, config.json, checkpoints, TensorBoard and the final model. The others save their
+part of each checkpoint into a private temporary folder that is removed at once, and read the
+chief's checkpoints when they resume: `out` must be one location that every worker reads (a shared
+filesystem). A worker lost mid-run stops the others with WorkerLostError; rerunning every worker
+with the same command resumes from the chief's newest checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,6 +36,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,12 +46,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from flame.fileutil import check_can_create
+from flame.fileutil import atomic_write, check_can_create
 from flame.io import load_flame
 from ringnet_tf import camera
 from ringnet_tf.data import dataset as D
 from ringnet_tf.export import export_saved_model
-from ringnet_tf.data.rings import RingConfig, RingSampler, open_rings
+from ringnet_tf.data.rings import RingConfig, RingSampler, Shard, open_rings
 from ringnet_tf.model import ModelConfig, build_ringnet
 from ringnet_tf.trainer import NONFINITE, LossConfig, RingNetTrainer
 
@@ -55,6 +67,10 @@ _CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line."""
+
+
+class WorkerLostError(RuntimeError):
+    """Another worker of a multi-worker run stopped or became unreachable; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +208,56 @@ def _strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: the only one, or the chief of a cluster."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def _worker_name(strategy: tf.distribute.Strategy) -> str:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return f"{resolver.task_type} {resolver.task_id}" if resolver is not None and resolver.task_type else "worker 0"
+
+
+def _rings_for(strategy: tf.distribute.Strategy, path: str, config: RingConfig, start_ring: int = 0):
+    """The ring batches a strategy trains on: the dataset itself on one device; on several, each
+    input pipeline (one per worker) builds its shard of the same stream (rings.Shard)."""
+    if strategy.num_replicas_in_sync == 1:
+        return open_rings(path, config, start_ring)
+
+    def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        shard = Shard(context.input_pipeline_id, context.num_input_pipelines,
+                      context.get_per_replica_batch_size(config.rings_per_batch))
+        return open_rings(path, config, start_ring, shard=shard)
+
+    return strategy.distribute_datasets_from_function(pipeline)
+
+
+def _synchronise_batchnorm(net: keras.Model, on: bool) -> None:
+    """BatchNorm statistics over the global batch (all replicas) or each replica's own; the saved
+    model keeps the default (off: one device has nothing to synchronise)."""
+    for layer in net._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = on
+
+
+def _agreed_step(strategy: tf.distribute.Strategy, step: int) -> int:
+    """The restored step, checked equal on every worker: a worker that sees other checkpoints
+    (`out` not shared) would train other weights in the same collective."""
+    if strategy.num_replicas_in_sync == 1:
+        return step
+    value = tf.constant(float(step))
+    per_replica = strategy.run(lambda: tf.identity(value))
+    total = int(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy())
+    if total != step * strategy.num_replicas_in_sync:
+        raise ConfigError(f"the workers restored different checkpoints (this one: step {step}); --out "
+                          f"must be one location every worker reads, e.g. a shared filesystem")
+    return step
+
+
+_LOST_WORKER = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+                tf.errors.CancelledError, tf.errors.InternalError)
+
+
 def _losses(logs: dict[str, Any] | None) -> dict[str, Any]:
     """The logs without the train step's NONFINITE flag (not a loss: never printed or plotted)."""
     return {k: v for k, v in (logs or {}).items() if k != NONFINITE}
@@ -239,16 +305,23 @@ class _Progress(keras.callbacks.Callback):
 
 
 class _CheckpointAndSummaries(keras.callbacks.Callback):
-    """At each interval's end: a checkpoint, and landmark images (predicted red, target green)."""
+    """At each interval's end: a checkpoint, and landmark images (predicted red, target green).
+
+    `discard`: a non-chief worker's manager, whose folder is removed right after each save (every
+    worker takes part in saving a distributed checkpoint; only the chief's is kept).
+    """
 
     def __init__(self, manager: tf.train.CheckpointManager, writer, sample: dict[str, np.ndarray] | None,
-                 image_size: int):
+                 image_size: int, discard: bool = False):
         super().__init__()
         self.manager, self.writer, self.sample, self.image_size = manager, writer, sample, image_size
+        self.discard = discard
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         self.manager.save(checkpoint_number=step)
+        if self.discard:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
         with self.writer.as_default(step=step):
             for k, v in _losses(logs).items():
                 tf.summary.scalar(f"interval/{k}", float(v))
@@ -280,12 +353,13 @@ def _first_line(e: BaseException, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-def _listed_checkpoints(directory: Path, stream) -> list[str]:
+def _listed_checkpoints(directory: Path, stream, repair: bool = True) -> list[str]:
     """Checkpoint prefixes in `directory`, newest first.
 
     From the `checkpoint` state file; when that is unreadable (garbage, or missing while
-    checkpoints exist), from the ckpt-N.index files, and the state file is rewritten to list them
-    (relative paths, as CheckpointManager writes) so the manager that follows keeps rotating them.
+    checkpoints exist), from the ckpt-N.index files, and (if `repair`: the process that owns the
+    folder) the state file is rewritten to list them (relative paths, as CheckpointManager
+    writes) so the manager that follows keeps rotating them.
     """
     on_disk = sorted(((int(m.group(1)), f"ckpt-{m.group(1)}") for f in directory.glob("ckpt-*.index")
                       if (m := _CHECKPOINT_INDEX.match(f.name))), reverse=True)
@@ -311,25 +385,23 @@ def _listed_checkpoints(directory: Path, stream) -> list[str]:
         return []  # a new run
     print(f"skipped {state_file}: {problem}; using the {len(on_disk)} ckpt-N.index files there",
           file=stream, flush=True)
-    if on_disk:
+    if on_disk and repair:
         names = [name for _, name in reversed(on_disk)]  # oldest first, the newest last
         text = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
             f'all_model_checkpoint_paths: "{n}"\n' for n in names)
-        tmp = state_file.with_name(state_file.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, state_file)
+        atomic_write(state_file, lambda f: f.write(text.encode()))
     return [str(directory / name) for _, name in on_disk]
 
 
 def restore_newest_readable(net: keras.Model, optimizer: keras.optimizers.Optimizer, directory: Path,
-                            stream=sys.stdout) -> str | None:
+                            stream=sys.stdout, repair: bool = True) -> str | None:
     """Restores the newest checkpoint in `directory` that reads whole; returns its prefix.
 
     A damaged one (truncated or missing data shard, garbage index) is skipped with one line naming
     it and the reason, for the next older (CheckpointManager keeps 3). None: no checkpoint there
     (a new run). Raises ConfigError when there are checkpoints but none reads.
     """
-    candidates = _listed_checkpoints(directory, stream)
+    candidates = _listed_checkpoints(directory, stream, repair)
     for path in candidates:
         # A fresh Checkpoint per attempt: nothing of a failed restore is left queued. A failed one
         # may have assigned some variables; the next restore assigns all (assert_existing_objects_matched).
@@ -396,16 +468,44 @@ def warm_start(net: keras.Model, source: str, model: ModelConfig, flame_model: s
 
 
 def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
-    """Trains (or resumes) a run; returns the final metrics and the paths written."""
+    """Trains (or resumes) a run; returns the final metrics and the paths written.
+
+    Raises ConfigError (a run that cannot start), FloatingPointError (diverged), WorkerLostError
+    (a multi-worker run lost a worker).
+    """
     validate(config)
     out = Path(config.out)
     if config.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+    strategy = _strategy(config.distribute)  # first: collectives are set up before any TF op runs
     flame = load_flame(config.flame_model)
-    strategy = _strategy(config.distribute)
-    if config.rings.rings_per_batch % strategy.num_replicas_in_sync:
+    replicas = strategy.num_replicas_in_sync
+    if config.rings.rings_per_batch % replicas:
         raise ConfigError(f"rings_per_batch {config.rings.rings_per_batch} is not divisible by the "
-                          f"{strategy.num_replicas_in_sync} devices")
+                          f"{replicas} devices")
+    chief = _is_chief(strategy)
+    # A non-chief worker writes its part of each checkpoint here (removed at once) and prints
+    # nothing but errors: the chief reports the run.
+    private = None if chief else Path(tempfile.mkdtemp(prefix="ringnet_tf_worker_"))
+    try:
+        with contextlib.nullcontext(stream) if chief else open(os.devnull, "w") as quiet:
+            return _run(config, out, flame, strategy, chief, private, quiet, stream)
+    except _LOST_WORKER as e:
+        latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
+        kept = f"the newest checkpoint is {latest}" if latest else "no checkpoint was written"
+        # TensorFlow has logged the cause (the peer's address, the gRPC status) just before.
+        raise WorkerLostError(f"{_worker_name(strategy)}: lost contact with another worker "
+                              f"({type(e).__name__}); training stopped, {kept}; rerun every worker "
+                              f"with the same command to resume") from None
+    finally:
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def _run(config: TrainConfig, out: Path, flame, strategy: tf.distribute.Strategy, chief: bool,
+         private: Path | None, stream, loud) -> dict[str, Any]:
+    """`run` after its checks: `stream` gets the progress (nowhere on a non-chief worker), `loud`
+    the last line."""
     jit = config.jit_compile if config.jit_compile is not None else bool(tf.config.list_logical_devices("GPU"))
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
@@ -418,23 +518,25 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
     saved = out / "config.json"
     if saved.exists() and json.loads(saved.read_text()).get("flame_fingerprint") != flame.fingerprint():
         raise ConfigError(f"{out} was trained with another head model (fingerprint differs)")
-    try:  # created only now: a run that cannot start (bad head model, devices) leaves nothing behind
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{out}: cannot create the run directory ({e.strerror or e}) (--out)") from None
-    try:
-        saved.write_text(json.dumps(resolved, indent=2, sort_keys=True))
-    except OSError as e:
-        raise ConfigError(f"{saved}: cannot write ({e.strerror or e}) (--out)") from None
+    if chief:
+        try:  # created only now: a run that cannot start (bad head model, devices) leaves nothing behind
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{out}: cannot create the run directory ({e.strerror or e}) (--out)") from None
+        try:
+            atomic_write(saved, lambda f: f.write(json.dumps(resolved, indent=2, sort_keys=True).encode()))
+        except OSError as e:
+            raise ConfigError(f"{saved}: cannot write ({e.strerror or e}) (--out)") from None
 
     ckpt_dir = out / "checkpoints"
-    restored = restore_newest_readable(net, optimizer, ckpt_dir, stream) if ckpt_dir.is_dir() else None
+    restored = restore_newest_readable(net, optimizer, ckpt_dir, stream, repair=chief) if ckpt_dir.is_dir() else None
     ckpt = tf.train.Checkpoint(net=net, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=3)
+    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir if chief else private / "checkpoints"),
+                                         max_to_keep=3 if chief else 1)
     if restored is None and config.init_from is not None:  # a warm start only for a new run
         warm_start(net, config.init_from, config.model, config.flame_model)
         print(f"weights initialised from {config.init_from}", file=stream, flush=True)
-    step0 = int(optimizer.iterations.numpy())
+    step0 = _agreed_step(strategy, int(optimizer.iterations.numpy()))
     if step0:
         print(f"resuming {out} at step {step0} ({Path(restored or '?').name})", file=stream, flush=True)
     final: dict[str, float] = {}
@@ -445,34 +547,45 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
               f"final model", file=stream, flush=True)
     else:
         rings_cfg = config.rings
-        train_ds = open_rings(config.data, rings_cfg, start_ring=step0 * rings_cfg.rings_per_batch)
+        train_ds = _rings_for(strategy, config.data, rings_cfg, start_ring=step0 * rings_cfg.rings_per_batch)
         val_ds, sample = None, None
         if config.val_data:
             val_cfg = dataclasses.replace(rings_cfg, augment=False, seed=rings_cfg.seed + 1)
-            val_ds = open_rings(config.val_data, val_cfg)
-            first = next(iter(val_ds.take(1)))
-            n = config.num_image_summaries
-            sample = {k: v.numpy().reshape(-1, *v.shape[2:])[:n] for k, v in first.items()}
-        writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+            val_ds = _rings_for(strategy, config.val_data, val_cfg)
+            if chief:
+                first = next(iter(open_rings(config.val_data, val_cfg).take(1)))
+                n = config.num_image_summaries
+                sample = {k: v.numpy().reshape(-1, *v.shape[2:])[:n] for k, v in first.items()}
+        writer = (tf.summary.create_file_writer(str(out / "tensorboard")) if chief
+                  else tf.summary.create_noop_writer())
         interval = config.checkpoint_every
         callbacks = [
             _Progress(config.log_every, rings_cfg.rings_per_batch * rings_cfg.ring_size, config.num_steps,
                       writer, stream, manager),
-            _CheckpointAndSummaries(manager, writer, sample, config.model.image_size),
+            _CheckpointAndSummaries(manager, writer, sample, config.model.image_size, discard=not chief),
         ]
-        history = trainer.fit(
-            train_ds, steps_per_epoch=interval, epochs=math.ceil(config.num_steps / interval),
-            initial_epoch=step0 // interval, validation_data=val_ds,
-            validation_steps=config.val_steps if val_ds is not None else None,
-            callbacks=callbacks, shuffle=False, verbose=0)
+        _synchronise_batchnorm(net, strategy.num_replicas_in_sync > 1)
+        try:
+            history = trainer.fit(
+                train_ds, steps_per_epoch=interval, epochs=math.ceil(config.num_steps / interval),
+                initial_epoch=step0 // interval, validation_data=val_ds,
+                validation_steps=config.val_steps if val_ds is not None else None,
+                callbacks=callbacks, shuffle=False, verbose=0)
+        finally:
+            _synchronise_batchnorm(net, False)
         final = {k: float(v[-1]) for k, v in _losses(history.history).items()}
-    net.save(out / "ringnet.keras")
-    written = [out / "ringnet.keras"]
-    if config.export_saved_model:
-        if (out / "saved_model").exists():
-            shutil.rmtree(out / "saved_model")  # this run's own previous export
-        export_saved_model(net, out / "saved_model")
-        written.append(out / "saved_model")
-    print(f"done: {int(optimizer.iterations.numpy())} steps; wrote {', '.join(map(str, written))}",
-          file=stream, flush=True)
-    return {"step": int(optimizer.iterations.numpy()), "metrics": final, "out": str(out)}
+    step = int(optimizer.iterations.numpy())
+    written = []
+    if chief:
+        net.save(out / "ringnet.keras")
+        written.append(out / "ringnet.keras")
+        if config.export_saved_model:
+            if (out / "saved_model").exists():
+                shutil.rmtree(out / "saved_model")  # this run's own previous export
+            export_saved_model(net, out / "saved_model")
+            written.append(out / "saved_model")
+    if chief:
+        print(f"done: {step} steps; wrote {', '.join(map(str, written))}", file=stream, flush=True)
+    else:
+        print(f"done: {step} steps ({_worker_name(strategy)}; the chief writes the run)", file=loud, flush=True)
+    return {"step": step, "metrics": final, "out": str(out), "chief": chief}

@@ -60,6 +60,14 @@ class RingNetTrainer(keras.Model):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self.built = True  # the wrapped functional network is built already
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.x) first builds a model on a batch averaged across replicas by strategy.reduce,
+        # which MultiWorkerMirroredStrategy cannot do for a dict of tensors (it raises). This
+        # model is built when constructed and its optimizer before fit, so there is nothing to do.
+        if all(layer.built for layer in self._flatten_layers()) and getattr(self.optimizer, "built", False):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     @property
     def metrics(self):
         return list(self.trackers.values())
@@ -114,7 +122,7 @@ class RingNetTrainer(keras.Model):
         self.optimizer.apply(grads, self.trainable_variables)
         logs = self._update(parts)
         logs[NONFINITE] = 1.0 - tf.cast(self._all_finite(parts["loss"]), tf.float32)
-        return logs
+        return _for_reduction(logs)
 
     def _all_finite(self, loss: tf.Tensor) -> tf.Tensor:
         """[] bool: the loss and every trainable weight (read after the update) are finite.
@@ -127,9 +135,18 @@ class RingNetTrainer(keras.Model):
 
     def test_step(self, data):
         parts, _ = self.compute_ring_losses(data, training=False)
-        return self._update(parts)
+        return _for_reduction(self._update(parts))
 
     def _update(self, parts: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, value in parts.items():
             self.trackers[name].update_state(value)
         return {name: t.result() for name, t in self.trackers.items()}
+
+
+def _for_reduction(logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """A step's logs as Keras can average them across workers: Keras (3.x) reduces a multi-worker
+    step's outputs with strategy.reduce(MEAN, axis=0), which rejects scalars (tensorflow#72388),
+    so there each log gets an axis of length 1 (the reduction returns the scalar mean)."""
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+    return logs

@@ -16,6 +16,12 @@ augmentation). Each group gets one image of another identity, drawn uniformly am
 of the other identities. The rings of an epoch are then shuffled. Everything follows from
 (seed, epoch), so the stream is deterministic and resumable from a ring position without replay.
 
+Sharding rule (several workers, `Shard`): the ring stream is the same on every worker; global
+batch b is rings [b * NB, (b + 1) * NB) of it, and input pipeline p of P (one per worker) takes the
+p-th contiguous block of NB / P of them, cut into per-replica batches. So P workers train exactly
+the rings one worker would, each ring once per step; the other rings are dropped by index before
+anything is read or decoded.
+
 Augmentation (the same affine map for pixels and landmarks): scale, translation, rotation,
 horizontal flip (landmark order mirrored), and colour jitter. It runs inside tf.data, outside the
 compiled train step (image warps have no XLA CPU kernel).
@@ -59,6 +65,46 @@ class RingConfig:
             raise ValueError(f"rings_per_batch must be at least 1; got {self.rings_per_batch}")
         if self.min_images < 1:
             raise ValueError(f"min_images must be at least 1; got {self.min_images}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Input pipeline `index` of `count` (module docstring: sharding rule), batches of `batch` rings
+    (the per-replica batch; NB / count must be a multiple of it)."""
+
+    index: int
+    count: int
+    batch: int
+
+    def block(self, rings_per_batch: int) -> int:
+        """Rings of each global batch that this pipeline takes (NB / count); checks the sizes."""
+        if not 0 <= self.index < self.count or rings_per_batch % self.count:
+            raise ValueError(f"rings_per_batch {rings_per_batch} cannot be split into {self.count} "
+                             f"input pipelines (pipeline {self.index})")
+        block = rings_per_batch // self.count
+        if self.batch < 1 or block % self.batch:
+            raise ValueError(f"{block} rings per pipeline is not a multiple of the per-replica batch {self.batch}")
+        return block
+
+    def keeps(self, ring_index: tf.Tensor, rings_per_batch: int) -> tf.Tensor:
+        """[] bool: whether the ring of this global index belongs to this pipeline."""
+        block = self.block(rings_per_batch)
+        return tf.equal((ring_index % rings_per_batch) // block, self.index)
+
+
+def _shard_and_batch(rings: tf.data.Dataset, load, config: RingConfig, batch: bool,
+                     shard: Shard | None) -> tf.data.Dataset:
+    """(global index, ring) elements -> this pipeline's ring dicts, decoded and (if `batch`)
+    batched: NB rings a batch, or the shard's per-replica batch. Rings of other pipelines are
+    dropped before `load` reads anything."""
+    size = config.rings_per_batch
+    if shard is not None:
+        rings = rings.filter(lambda index, ring: shard.keeps(index, config.rings_per_batch))
+        size = shard.batch
+    ds = rings.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if batch:
+        ds = ds.batch(size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 class RingSampler:
@@ -113,7 +159,9 @@ class RingSampler:
 
 # ----------------------------------------------------------------------------- augmentation
 
-_MIRROR = tf.constant(C.IBUG68_MIRROR, tf.int32)
+# NumPy, not a tf.constant: an eager tensor at import would set TensorFlow up before a
+# MultiWorkerMirroredStrategy can configure its collectives.
+_MIRROR = np.asarray(C.IBUG68_MIRROR, np.int32)
 
 
 def _affine_params(config: RingConfig, seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -208,10 +256,11 @@ def _decode(data: tf.Tensor) -> tf.Tensor:
 # ----------------------------------------------------------------------------- datasets
 
 def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring: int = 0,
-                 batch: bool = True) -> tf.data.Dataset:
+                 batch: bool = True, shard: Shard | None = None) -> tf.data.Dataset:
     """Endless ring batches from a dataset directory (manifest form), from ring `start_ring` on.
 
-    Resuming after N batches: pass start_ring = N * rings_per_batch for the same stream.
+    Resuming after N batches: pass start_ring = N * rings_per_batch for the same stream (global
+    ring indices, also with a `shard`: this input pipeline's part of each global batch).
     """
     records = D.read_manifest(dataset_dir)
     sampler = RingSampler([r.identity for r in records], config, str(Path(dataset_dir) / D.MANIFEST_NAME))
@@ -232,10 +281,7 @@ def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring:
         return _ring_from_arrays(data, tf.gather(landmarks, ring), config, index,
                                  {k: tf.gather(v, ring) for k, v in labels.items()})
 
-    ds = rings.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if batch:
-        ds = ds.batch(config.rings_per_batch, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _shard_and_batch(rings, load, config, batch, shard)
 
 
 LABEL_KEYS = ("landmarks3d", "has_landmarks3d", "shape", "has_shape")
@@ -299,7 +345,8 @@ def _ring_from_arrays(images_bytes, landmarks, config: RingConfig, index,
 
 
 def ring_dataset_tfrecords(tfrecord_dir: str | os.PathLike, config: RingConfig, start_ring: int = 0,
-                           batch: bool = True, shuffle_buffer: int = 256) -> tf.data.Dataset:
+                           batch: bool = True, shuffle_buffer: int = 256,
+                           shard: Shard | None = None) -> tf.data.Dataset:
     """Endless ring batches streamed from the TFRecord form (one example per identity).
 
     Stream rule: identity records are read from the shards and shuffled (buffer `shuffle_buffer`,
@@ -345,17 +392,15 @@ def ring_dataset_tfrecords(tfrecord_dir: str | os.PathLike, config: RingConfig, 
             **{key: pick(key) for key in LABEL_KEYS}})
 
     rings = records.flat_map(rings_of_pair).skip(start_ring).enumerate(start=start_ring)
-    ds = rings.map(lambda i, ring: _ring_from_arrays(ring["images"], ring["landmarks"], config, i,
-                                                     {k: ring[k] for k in LABEL_KEYS}),
-                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if batch:
-        ds = ds.batch(config.rings_per_batch, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _shard_and_batch(rings, lambda i, ring: _ring_from_arrays(
+        ring["images"], ring["landmarks"], config, i, {k: ring[k] for k in LABEL_KEYS}),
+        config, batch, shard)
 
 
-def open_rings(path: str | os.PathLike, config: RingConfig, start_ring: int = 0) -> tf.data.Dataset:
+def open_rings(path: str | os.PathLike, config: RingConfig, start_ring: int = 0,
+               shard: Shard | None = None) -> tf.data.Dataset:
     """Ring batches from a dataset directory: its manifest form, else its TFRecord form."""
     path = Path(path)
     if (path / D.MANIFEST_NAME).exists():
-        return ring_dataset(path, config, start_ring)
-    return ring_dataset_tfrecords(path, config, start_ring)
+        return ring_dataset(path, config, start_ring, shard=shard)
+    return ring_dataset_tfrecords(path, config, start_ring, shard=shard)

@@ -1,0 +1,218 @@
+"""Training on two real workers (issue 16): two `train.py` processes with their own TF_CONFIG on
+127.0.0.1 ports, a tiny backbone on tiny rings, CPU.
+
+The shard rule is checked in-process on both dataset forms (each global batch split across the
+input pipelines, nothing twice, nothing skipped); the processes show that a step on two workers
+equals the step of one worker with the same global batch, that only the chief writes, and that a
+killed worker stops the run with one clear line and a rerun resumes from the last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ringnet_tf.data import dataset as D
+from ringnet_tf.data.rings import RingConfig, Shard, open_rings
+from tests.conftest import make_tiny_dataset, make_training_root
+
+ROOT = Path(__file__).parents[1]
+TIMEOUT = 240  # s: every process is bounded
+
+
+def _pipelines(path, cfg: RingConfig, count: int, batches: int, start_ring: int = 0) -> list[list[dict]]:
+    per = cfg.rings_per_batch // count
+    return [[{k: v.numpy() for k, v in b.items()}
+             for b in open_rings(path, cfg, start_ring, shard=Shard(p, count, per)).take(batches)]
+            for p in range(count)]
+
+
+@pytest.mark.parametrize("form", ["manifest", "tfrecords"])
+def test_each_global_batch_is_split_across_the_input_pipelines(tmp_path, form):
+    ids = [f"p{i}" for i in range(5) for _ in range(3)]
+    make_tiny_dataset(tmp_path / "d", ids, size=32)
+    path = tmp_path / "d" if form == "manifest" else D.write_tfrecords(tmp_path / "d", num_shards=2)
+    cfg = RingConfig(ring_size=3, rings_per_batch=4, image_size=32, seed=5)
+    whole = [{k: v.numpy() for k, v in b.items()} for b in open_rings(path, cfg, start_ring=4).take(3)]
+    parts = _pipelines(path, cfg, 2, 3, start_ring=4)
+    for step, batch in enumerate(whole):
+        assert parts[0][step]["images"].shape[0] == parts[1][step]["images"].shape[0] == 2
+        for key in batch:  # pipeline 0 trains the first half of each global batch, pipeline 1 the rest
+            joined = np.concatenate([parts[0][step][key], parts[1][step][key]])
+            np.testing.assert_array_equal(joined, batch[key], err_msg=f"step {step}, {key}")
+    # Four pipelines of one ring each: still the same rings, in the same places.
+    quarters = _pipelines(path, cfg, 4, 1, start_ring=4)
+    np.testing.assert_array_equal(np.concatenate([q[0]["images"] for q in quarters]), whole[0]["images"])
+
+
+def test_a_global_batch_that_does_not_split_is_refused():
+    with pytest.raises(ValueError, match="cannot be split into 3"):
+        Shard(0, 3, 1).block(4)
+    with pytest.raises(ValueError, match="not a multiple of the per-replica batch 3"):
+        Shard(0, 2, 3).block(4)
+
+
+# ----------------------------------------------------------------------------- two processes
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _flags(root: Path, out: Path, *extra: str) -> list[str]:
+    return [str(ROOT / "train.py"), "--data", str(root / "data"), "--val_data", str(root / "val"),
+            "--flame_model", str(root / "flame"), "--image_size", "32", "--backbone", "tiny",
+            "--num_shape", "10", "--num_expression", "5", "--dropout", "0", "--ring_size", "4",
+            "--rings_per_batch", "4", "--jit_compile", "false", "--log_every", "1", "--val_steps", "1",
+            "--noexport_saved_model", "--out", str(out), *extra]
+
+
+class Workers:
+    """Two train.py workers of one cluster; stdout/stderr and a private TMPDIR each."""
+
+    def __init__(self, root: Path, out: Path, name: str, *extra: str):
+        ports = _free_ports(2)
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        self.logs, self.tmp, self.procs = [], [], []
+        for i in range(2):
+            tmp = root / f"{name}.tmp{i}"
+            tmp.mkdir()
+            env = {**os.environ, "TMPDIR": str(tmp), "TF_CPP_MIN_LOG_LEVEL": "2",
+                   "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+            out_f, err_f = open(root / f"{name}.out{i}", "w+"), open(root / f"{name}.err{i}", "w+")
+            self.logs.append((out_f, err_f))
+            self.tmp.append(tmp)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, *_flags(root, out, "--distribute", "multiworker", *extra)],
+                cwd=ROOT, env=env, stdout=out_f, stderr=err_f))
+
+    def wait(self, timeout: float = TIMEOUT) -> list[int]:
+        deadline = time.monotonic() + timeout
+        try:
+            return [p.wait(timeout=max(deadline - time.monotonic(), 1)) for p in self.procs]
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def text(self, i: int, stream: int = 0) -> str:
+        f = self.logs[i][stream]
+        f.flush()
+        f.seek(0)
+        return f.read()
+
+
+def _step_losses(text: str) -> dict[int, float]:
+    return {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"^step (\d+)/\d+ .*?\bloss ([\d.e+-]+)", text, re.M)}
+
+
+def _weights(ckpt: Path) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(str(ckpt))
+    return {k: reader.get_tensor(k) for k, dtype in reader.get_variable_to_dtype_map().items()
+            if dtype.is_floating and k.startswith("net/")}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multiworker")
+    make_training_root(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_and_one(root):
+    """The same 2 steps on two workers and on one (global batch 4 rings of 4 images)."""
+    two = Workers(root, root / "two", "two", "--num_steps", "2", "--checkpoint_every", "1")
+    one = subprocess.run([sys.executable, *_flags(root, root / "one", "--num_steps", "2", "--checkpoint_every", "1",
+                                                   "--distribute", "none")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    codes = two.wait()
+    return two, codes, one
+
+
+def test_two_workers_take_the_step_one_worker_takes(root, two_and_one):
+    two, codes, one = two_and_one
+    assert codes == [0, 0], two.text(0, 1)[-2000:] + two.text(1, 1)[-2000:]
+    assert one.returncode == 0, one.stderr[-2000:]
+    losses_two, losses_one = _step_losses(two.text(0)), _step_losses(one.stdout)
+    assert losses_two and losses_two.keys() == losses_one.keys()
+    for step in losses_one:
+        assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-4)
+    for step in (1, 2):
+        a, b = _weights(root / "two" / "checkpoints" / f"ckpt-{step}"), _weights(root / "one" / "checkpoints" / f"ckpt-{step}")
+        assert a.keys() == b.keys() and len(a) > 10
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=f"step {step}: {k}")
+    # The weights did move: the comparison is not between two initialisations.
+    first = _weights(root / "two" / "checkpoints" / "ckpt-1")
+    second = _weights(root / "two" / "checkpoints" / "ckpt-2")
+    assert max(float(np.abs(first[k] - second[k]).max()) for k in first) > 1e-4
+
+
+def test_only_the_chief_writes(root, two_and_one):
+    two, codes, _ = two_and_one
+    assert codes == [0, 0]
+    run = root / "two"
+    files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    assert [f for f in files if not f.startswith("tensorboard/")] == [
+        "checkpoints/checkpoint", *[f"checkpoints/ckpt-{s}.{ext}" for s in (1, 2)
+                                    for ext in ("data-00000-of-00001", "index")],
+        "config.json", "ringnet.keras"]
+    assert len([f for f in files if f.startswith("tensorboard/")]) == 1  # one events file: the chief's
+    assert not [f for f in files if f.endswith(".tmp") or ".tmp" in Path(f).name]
+    for tmp in two.tmp:  # the non-chief's private checkpoint folder is gone, the chief made none
+        assert list(tmp.iterdir()) == []
+    assert two.text(1).strip() == "done: 2 steps (worker 1; the chief writes the run)"
+    assert two.text(0).splitlines()[-1].startswith("done: 2 steps; wrote ")
+
+
+def test_a_killed_worker_stops_the_run_and_a_rerun_resumes(root):
+    out = root / "killed"
+    workers = Workers(root, out, "killed", "--num_steps", "100000", "--checkpoint_every", "2")
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "checkpoints" / "ckpt-4.index").exists():
+            assert time.monotonic() < deadline and all(p.poll() is None for p in workers.procs), \
+                workers.text(0, 1)[-2000:]
+            time.sleep(0.2)
+        workers.procs[1].send_signal(signal.SIGKILL)
+        started = time.monotonic()
+        code = workers.procs[0].wait(timeout=120)
+        waited = time.monotonic() - started
+    finally:
+        workers.kill()
+    assert code == 4
+    last = workers.text(0, 1).strip().splitlines()[-1]
+    assert re.fullmatch(r"error: worker 0: lost contact with another worker \(\w+\); training stopped, the "
+                        r"newest checkpoint is .*ckpt-\d+; rerun every worker with the same command to resume", last), last
+    assert waited < 120
+    newest = int(re.search(r"ckpt-(\d+)", last).group(1))
+    assert newest >= 4
+    again = Workers(root, out, "again", "--num_steps", str(newest + 2), "--checkpoint_every", "2")
+    assert again.wait() == [0, 0], again.text(0, 1)[-2000:]
+    text = again.text(0)
+    assert f"resuming {out} at step {newest} (ckpt-{newest})" in text
+    steps = sorted(_step_losses(text))
+    assert steps and steps[0] > newest and steps[-1] == newest + 2  # the step count continues
+    assert f"done: {newest + 2} steps; wrote" in text
+    assert again.text(1).strip() == f"done: {newest + 2} steps (worker 1; the chief writes the run)"
