@@ -12,6 +12,7 @@ multi-worker run lost a worker (rerun every worker to resume).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -58,88 +59,133 @@ with _held_stderr(_NATIVE_STARTUP_LOG):
     from absl import app, flags
 
     from ringnet_tf.model import BACKBONE_WEIGHTS_HELP, BACKBONES
+    from ringnet_tf.data.rings import RingConfig
+    from ringnet_tf.model import OUTPUT_CONVENTIONS, POOL1_KINDS, POSE_HEADS, ModelConfig
+    from ringnet_tf.train_lib import LR_SCHEDULES, MIXED_PRECISIONS, STRATEGIES, TrainConfig
+    from ringnet_tf.trainer import LossConfig
 
     # The GPU probe (CUDA's "failed call to cuInit" on a CPU machine) now, not in the absl init
     # callback TensorFlow registers to run before main; it does not set devices up (multiworker).
     tf.config.list_physical_devices("GPU")
 
 F = flags.FLAGS
-flags.DEFINE_string("data", None, "dataset directory (manifest form) for training")
-flags.DEFINE_string("val_data", None, "dataset directory of held-out identities for validation")
-flags.DEFINE_string("out", None, "run directory: checkpoints, logs, final model")
-flags.DEFINE_string("flame_model", None, "FLAME model file or folder (default: the open head model)")
-# Model.
-flags.DEFINE_integer("image_size", 224, "network input size in pixels")
-flags.DEFINE_enum("backbone", "resnet50", BACKBONES, "encoder")
-flags.DEFINE_string("backbone_weights", "none", BACKBONE_WEIGHTS_HELP)
-flags.DEFINE_integer("num_shape", 100, "identity coefficients regressed")
-flags.DEFINE_integer("num_expression", 50, "expression coefficients regressed")
-flags.DEFINE_integer("num_stages", 3, "iterative error feedback stages")
-flags.DEFINE_float("dropout", 0.5, "regressor dropout")
-flags.DEFINE_float("init_cam_scale", 7.0, "initial camera scale (normalised units per metre)")
-flags.DEFINE_enum("pose_head", "regress", ["regress", "landmarks"],
-                  "regress: RingNet's regressed global rotation and camera; landmarks: the pose guidance "
-                  "network's 68 predicted 3D landmarks with the pose solved from them (Umeyama)")
-# Rings and augmentation.
-flags.DEFINE_integer("ring_size", 6, "R: images per ring (R - 1 of one identity, 1 of another)")
-flags.DEFINE_integer("rings_per_batch", 2, "rings per training batch")
-flags.DEFINE_integer("min_images", 2, "identities with fewer images never anchor a ring")
-flags.DEFINE_integer("data_seed", 0, "seed of ring sampling and augmentation")
-flags.DEFINE_boolean("augment", True, "scale/shift/rotate/flip/colour augmentation")
-# Losses (paper values).
-flags.DEFINE_float("w_shape_consistency", 1.0, "lambda_sc")
-flags.DEFINE_float("w_landmarks", 60.0, "lambda_proj")
-flags.DEFINE_float("w_shape_prior", 1e-4, "lambda_beta")
-flags.DEFINE_float("w_expression_prior", 1e-4, "lambda_psi")
-flags.DEFINE_float("eta", 0.5, "shape-consistency margin")
-flags.DEFINE_float("w_landmarks3d", 0.0, "3D-landmark loss, on images whose dataset has 3D landmarks "
-                   "(ground_truth.npz 'landmarks3d'); 0 = off (RingNet)")
-flags.DEFINE_float("w_shape_supervised", 0.0, "supervised shape loss (mean neutral-mesh distance in mm "
-                   "to the true coefficients' mesh, position and size removed; synthetic data only: a "
-                   "pre-training stage); 0 = off")
-# Optimisation and running.
-flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate (the start of the schedule)")
-flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
-                  "learning-rate schedule: constant, or cosine decay to 5% over --num_steps")
-flags.DEFINE_integer("seed", 0, "weight initialisation and dropout seed")
-flags.DEFINE_integer("num_steps", 1000, "training steps (rounded up to whole checkpoint intervals)")
-flags.DEFINE_integer("checkpoint_every", 500, "steps between checkpoints (and validation)")
-flags.DEFINE_integer("log_every", 50, "steps between progress lines and TensorBoard scalars")
-flags.DEFINE_integer("val_steps", 10, "validation batches per checkpoint")
-flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step (auto: on with a GPU)")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "float16", "bfloat16"], "backbone precision")
-flags.DEFINE_enum("distribute", "auto", ["auto", "none", "mirrored", "multiworker"],
-                  "tf.distribute strategy (multiworker reads TF_CONFIG)")
-flags.DEFINE_boolean("export_saved_model", True, "write a SavedModel at the end")
-flags.DEFINE_string("init_from", None, "warm start: a run directory or compact checkpoint of the same "
-                    "network whose weights start this run (fine-tuning; the optimizer starts fresh)")
+
+# Every flag sets fields of the run's configuration (ringnet_tf.train_lib.TrainConfig and the
+# model, ring and loss configs inside it); its default and type come from that dataclass, so each
+# is stated once. name -> (field paths, help, choices or None). The paths cover every field (a
+# test checks it).
+FLAG_FIELDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...] | None]] = {
+    "data": (("data",), "dataset directory (manifest or TFRecord form) for training", None),
+    "val_data": (("val_data",), "dataset directory of held-out identities for validation", None),
+    "out": (("out",), "run directory: checkpoints, logs, final model", None),
+    "flame_model": (("flame_model",), "FLAME model file or folder (default: the open head model)", None),
+    # Model.
+    "image_size": (("model.image_size", "rings.image_size"), "network input size in pixels", None),
+    "backbone": (("model.backbone",), "encoder", BACKBONES),
+    "backbone_weights": (("model.backbone_weights",), BACKBONE_WEIGHTS_HELP, None),
+    "num_shape": (("model.num_shape",), "identity coefficients regressed", None),
+    "num_expression": (("model.num_expression",), "expression coefficients regressed", None),
+    "num_stages": (("model.num_stages",), "iterative error feedback stages", None),
+    "hidden": (("model.hidden",), "regressor hidden units", None),
+    "dropout": (("model.dropout",), "regressor dropout", None),
+    "init_cam_scale": (("model.init_cam_scale",), "initial camera scale (normalised units per metre)", None),
+    "pool1": (("model.pool1",), "ResNet-50's first max pool: keras, or slim (RingNet's released "
+              "weights; ringnet_tf/model.py)", POOL1_KINDS),
+    "output_convention": (("model.output_convention",), "the regressor's convention: ours, or ringnet "
+                          "(RingNet's released weights)", OUTPUT_CONVENTIONS),
+    "pose_head": (("model.pose_head",), "regress: RingNet's regressed global rotation and camera; "
+                  "landmarks: the pose guidance network's 68 predicted 3D landmarks with the pose "
+                  "solved from them (Umeyama)", POSE_HEADS),
+    # Rings and augmentation.
+    "ring_size": (("rings.ring_size",), "R: images per ring (R - 1 of one identity, 1 of another)", None),
+    "rings_per_batch": (("rings.rings_per_batch",), "rings per training batch (the global batch)", None),
+    "min_images": (("rings.min_images",), "identities with fewer images never anchor a ring", None),
+    "data_seed": (("rings.seed",), "seed of ring sampling and augmentation", None),
+    "augment": (("rings.augment",), "scale/shift/rotate/flip/colour augmentation", None),
+    "max_scale": (("rings.max_scale",), "augmentation: relative zoom within +-this", None),
+    "max_shift": (("rings.max_shift",), "augmentation: translation, fraction of the image side", None),
+    "max_rotation_deg": (("rings.max_rotation_deg",), "augmentation: in-plane rotation, degrees", None),
+    "flip_probability": (("rings.flip_probability",), "augmentation: probability of a mirror image", None),
+    "max_brightness": (("rings.max_brightness",), "colour jitter: brightness, in [0, 1] image units", None),
+    "max_contrast": (("rings.max_contrast",), "colour jitter: relative contrast", None),
+    "max_saturation": (("rings.max_saturation",), "colour jitter: relative saturation", None),
+    # Losses (paper values).
+    "w_shape_consistency": (("loss.shape_consistency",), "lambda_sc", None),
+    "w_landmarks": (("loss.landmarks",), "lambda_proj", None),
+    "w_shape_prior": (("loss.shape_prior",), "lambda_beta", None),
+    "w_expression_prior": (("loss.expression_prior",), "lambda_psi", None),
+    "eta": (("loss.eta",), "shape-consistency margin", None),
+    "w_landmarks3d": (("loss.landmarks3d",), "3D-landmark loss, on images whose dataset has 3D landmarks "
+                      "(ground_truth.npz 'landmarks3d'); 0 = off (RingNet)", None),
+    "w_shape_supervised": (("loss.shape_supervised",), "supervised shape loss (mean neutral-mesh distance "
+                           "in mm to the true coefficients' mesh, position and size removed; synthetic "
+                           "data only: a pre-training stage); 0 = off", None),
+    # Optimisation and running.
+    "learning_rate": (("learning_rate",), "Adam learning rate (the start of the schedule)", None),
+    "lr_schedule": (("lr_schedule",), "learning-rate schedule: constant, or cosine decay to 5% over "
+                    "--num_steps", LR_SCHEDULES),
+    "seed": (("seed",), "weight initialisation and dropout seed", None),
+    "num_steps": (("num_steps",), "training steps (rounded up to whole checkpoint intervals)", None),
+    "checkpoint_every": (("checkpoint_every",), "steps between checkpoints (and validation)", None),
+    "log_every": (("log_every",), "steps between progress lines and TensorBoard scalars", None),
+    "val_steps": (("val_steps",), "validation batches per checkpoint", None),
+    "jit_compile": (("jit_compile",), "XLA for the train step (auto: on with a GPU)", ("auto", "true", "false")),
+    "mixed_precision": (("mixed_precision",), "backbone precision", MIXED_PRECISIONS),
+    "distribute": (("distribute",), "tf.distribute strategy (multiworker reads TF_CONFIG; README)", STRATEGIES),
+    "num_image_summaries": (("num_image_summaries",), "validation images drawn into TensorBoard", None),
+    "export_saved_model": (("export_saved_model",), "write a SavedModel at the end", None),
+    "init_from": (("init_from",), "warm start: a run directory or compact checkpoint of the same "
+                  "network whose weights start this run (fine-tuning; the optimizer starts fresh)", None),
+}
+_SECTIONS = {"model": ModelConfig, "rings": RingConfig, "loss": LossConfig}
+_AUTO = {"auto": None, "true": True, "false": False}  # a bool | None field: auto means None
+
+
+def _field(path: str) -> dataclasses.Field:
+    section, _, name = path.rpartition(".")
+    cls = _SECTIONS[section] if section else TrainConfig
+    return {f.name: f for f in dataclasses.fields(cls)}[name]
+
+
+def _define(name: str, paths: tuple[str, ...], help_text: str, choices: tuple[str, ...] | None) -> None:
+    """One absl flag for the dataclass field at paths[0], of that field's type and default."""
+    field = _field(paths[0])
+    default = None if field.default is dataclasses.MISSING else field.default
+    kind = str(field.type)  # the annotation's text (postponed evaluation)
+    if choices == tuple(_AUTO):
+        flags.DEFINE_enum(name, next(k for k, v in _AUTO.items() if v is default), list(choices), help_text)
+    elif choices is not None:
+        flags.DEFINE_enum(name, default, list(choices), help_text)
+    elif kind == "bool":
+        flags.DEFINE_boolean(name, default, help_text)
+    elif kind == "int":
+        flags.DEFINE_integer(name, default, help_text)
+    elif kind == "float":
+        flags.DEFINE_float(name, default, help_text)
+    elif kind in ("str", "str | None"):
+        flags.DEFINE_string(name, default, help_text)
+    else:
+        raise TypeError(f"--{name}: no flag type for a field of type {kind}")
+
+
+for _name, (_paths, _help, _choices) in FLAG_FIELDS.items():
+    _define(_name, _paths, _help, _choices)
 flags.DEFINE_boolean("verbose", False, "keep TensorFlow's and absl's log lines (INFO and up; set "
                      "TF_CPP_MIN_LOG_LEVEL=0 for the native libraries' INFO lines too)")
 flags.mark_flags_as_required(["data", "out"])
 
 
-def config_from_flags():
-    from ringnet_tf.data.rings import RingConfig
-    from ringnet_tf.model import ModelConfig
-    from ringnet_tf.train_lib import TrainConfig
-    from ringnet_tf.trainer import LossConfig
-
-    model = ModelConfig(image_size=F.image_size, backbone=F.backbone, num_shape=F.num_shape,
-                        num_expression=F.num_expression, num_stages=F.num_stages, dropout=F.dropout,
-                        backbone_weights=F.backbone_weights, init_cam_scale=F.init_cam_scale,
-                        pose_head=F.pose_head)
-    rings = RingConfig(ring_size=F.ring_size, rings_per_batch=F.rings_per_batch, image_size=F.image_size,
-                       min_images=F.min_images, seed=F.data_seed, augment=F.augment)
-    loss = LossConfig(shape_consistency=F.w_shape_consistency, landmarks=F.w_landmarks,
-                      shape_prior=F.w_shape_prior, expression_prior=F.w_expression_prior, eta=F.eta,
-                      landmarks3d=F.w_landmarks3d, shape_supervised=F.w_shape_supervised)
-    jit = {"auto": None, "true": True, "false": False}[F.jit_compile]
-    return TrainConfig(data=F.data, out=F.out, val_data=F.val_data, flame_model=F.flame_model,
-                       model=model, rings=rings, loss=loss, learning_rate=F.learning_rate, lr_schedule=F.lr_schedule, seed=F.seed,
-                       num_steps=F.num_steps, checkpoint_every=F.checkpoint_every, log_every=F.log_every,
-                       val_steps=F.val_steps, jit_compile=jit, mixed_precision=F.mixed_precision,
-                       distribute=F.distribute, export_saved_model=F.export_saved_model,
-                       init_from=F.init_from)
+def config_from_flags() -> TrainConfig:
+    """The TrainConfig the parsed flags describe (FLAG_FIELDS says which flag sets which field)."""
+    values: dict[str, dict] = {"": {}, **{k: {} for k in _SECTIONS}}
+    for name, (paths, _, choices) in FLAG_FIELDS.items():
+        value = getattr(F, name)
+        if choices == tuple(_AUTO):
+            value = _AUTO[value]
+        for path in paths:
+            section, _, field = path.rpartition(".")
+            values[section][field] = value
+    return TrainConfig(**values[""], **{k: cls(**values[k]) for k, cls in _SECTIONS.items()})
 
 
 def _quiet_logging(verbose: bool) -> None:

@@ -51,7 +51,7 @@ from flame.io import load_flame
 from ringnet_tf import camera
 from ringnet_tf.data import dataset as D
 from ringnet_tf.export import export_saved_model
-from ringnet_tf.data.rings import RingConfig, RingSampler, Shard, open_rings
+from ringnet_tf.data.rings import RingConfig, RingSampler, Shard, dataset_form, open_rings
 from ringnet_tf.model import ModelConfig, build_ringnet
 from ringnet_tf.trainer import NONFINITE, LossConfig, RingNetTrainer
 
@@ -144,6 +144,8 @@ def _check_out(out: str) -> None:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+MIXED_PRECISIONS = ("none", "float16", "bfloat16")
+STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 
 
 def learning_rate_schedule(config: TrainConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
@@ -161,10 +163,10 @@ def validate(config: TrainConfig) -> None:
     for name in ("num_steps", "checkpoint_every", "log_every", "val_steps"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1; got {getattr(config, name)}")
-    if config.mixed_precision not in ("none", "float16", "bfloat16"):
-        raise ConfigError(f"mixed_precision must be none, float16 or bfloat16; got {config.mixed_precision!r}")
-    if config.distribute not in ("auto", "none", "mirrored", "multiworker"):
-        raise ConfigError(f"distribute must be auto, none, mirrored or multiworker; got {config.distribute!r}")
+    if config.mixed_precision not in MIXED_PRECISIONS:
+        raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}; got {config.mixed_precision!r}")
+    if config.distribute not in STRATEGIES:
+        raise ConfigError(f"distribute must be one of {', '.join(STRATEGIES)}; got {config.distribute!r}")
     if not config.learning_rate > 0:
         raise ConfigError(f"learning_rate must be positive; got {config.learning_rate}")
     if config.lr_schedule not in LR_SCHEDULES:
@@ -173,7 +175,7 @@ def validate(config: TrainConfig) -> None:
         if not Path(path).exists():
             raise ConfigError(f"{path}: does not exist (--{flag})")
         try:
-            if (Path(path) / D.MANIFEST_NAME).exists() or not (Path(path) / D.META_NAME).exists():
+            if dataset_form(path) == "manifest":
                 records = D.read_manifest(path)
                 RingSampler([r.identity for r in records], config.rings, str(Path(path) / D.MANIFEST_NAME))
             else:  # the TFRecord form
@@ -475,8 +477,6 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
     """
     validate(config)
     out = Path(config.out)
-    if config.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
     strategy = _strategy(config.distribute)  # first: collectives are set up before any TF op runs
     flame = load_flame(config.flame_model)
     replicas = strategy.num_replicas_in_sync
@@ -487,6 +487,9 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
     # A non-chief worker writes its part of each checkpoint here (removed at once) and prints
     # nothing but errors: the chief reports the run.
     private = None if chief else Path(tempfile.mkdtemp(prefix="ringnet_tf_worker_"))
+    policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision != "none":  # for the network built here; the caller's is restored
+        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
     try:
         with contextlib.nullcontext(stream) if chief else open(os.devnull, "w") as quiet:
             return _run(config, out, flame, strategy, chief, private, quiet, stream)
@@ -498,6 +501,7 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
                               f"({type(e).__name__}); training stopped, {kept}; rerun every worker "
                               f"with the same command to resume") from None
     finally:
+        keras.mixed_precision.set_global_policy(policy)
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
 

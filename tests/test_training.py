@@ -117,11 +117,18 @@ def test_bad_configurations_fail_before_any_work(setup, tmp_path):
     assert not (setup / "x").exists()
 
 
-def test_training_reads_the_tfrecord_form(setup):
+def test_training_reads_the_tfrecord_form_and_restores_the_precision_policy(setup):
+    import keras
+
     from ringnet_tf.data.dataset import write_tfrecords
+    from ringnet_tf.data.rings import dataset_form
     tfr = write_tfrecords(setup / "data", setup / "data_tfr", num_shards=2)
-    result = run(_config(setup, "tfr", data=str(tfr), num_steps=2), stream=io.StringIO())
+    assert (dataset_form(setup / "data"), dataset_form(tfr)) == ("manifest", "tfrecords")
+    assert dataset_form(setup / "nowhere") == "manifest"  # whose reader names what is missing
+    result = run(_config(setup, "tfr", data=str(tfr), num_steps=2, mixed_precision="bfloat16"),
+                 stream=io.StringIO())
     assert result["step"] == 2 and np.isfinite(result["metrics"]["loss"])
+    assert keras.mixed_precision.global_policy().name == "float32"  # the caller's, not mixed_bfloat16
 
 
 def test_nan_loss_stops_with_a_clear_message(setup):
@@ -169,3 +176,22 @@ def test_an_unfinished_run_loads_from_its_newest_checkpoint(setup, tmp_path):
     from ringnet_tf.inference import CheckpointError
     with pytest.raises(CheckpointError, match="no readable training checkpoint"):
         load_predictor(stopped, str(setup / "flame"))
+
+
+def test_every_config_field_has_a_flag_whose_default_is_the_dataclass_default():
+    import train
+
+    covered = [path for paths, _, _ in train.FLAG_FIELDS.values() for path in paths]
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in train._SECTIONS]
+    fields += [f"{k}.{f.name}" for k, cls in train._SECTIONS.items() for f in dataclasses.fields(cls)]
+    assert sorted(covered) == sorted(fields)  # each field set by exactly one flag
+    train.F.unparse_flags()
+    train.F(["train.py", "--data", "d", "--out", "o"])
+    assert train.config_from_flags() == TrainConfig(data="d", out="o")
+    train.F.unparse_flags()
+    train.F(["train.py", "--data", "d", "--out", "o", "--image_size", "64", "--data_seed", "7",
+             "--w_landmarks", "3", "--jit_compile", "true", "--noaugment", "--max_rotation_deg", "5"])
+    cfg = train.config_from_flags()
+    assert (cfg.model.image_size, cfg.rings.image_size, cfg.rings.seed, cfg.loss.landmarks) == (64, 64, 7, 3.0)
+    assert (cfg.jit_compile, cfg.rings.augment, cfg.rings.max_rotation_deg) == (True, False, 5.0)
+    train.F.unparse_flags()

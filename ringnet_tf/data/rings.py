@@ -397,10 +397,23 @@ def ring_dataset_tfrecords(tfrecord_dir: str | os.PathLike, config: RingConfig, 
         config, batch, shard)
 
 
+def dataset_form(path: str | os.PathLike) -> str:
+    """"manifest" or "tfrecords": how a dataset directory is read (the one rule, for training's
+    checks and for reading). A manifest wins; a folder without one is the TFRecord form if its
+    dataset.json describes TFRecords; anything else is taken as a manifest folder, whose reader
+    then names what is missing."""
+    path = Path(path)
+    if (path / D.MANIFEST_NAME).exists() or not (path / D.META_NAME).exists():
+        return "manifest"
+    try:
+        return "tfrecords" if D.read_meta(path).get("tfrecords") else "manifest"
+    except ValueError:  # an unreadable dataset.json: the manifest reader reports the folder
+        return "manifest"
+
+
 def open_rings(path: str | os.PathLike, config: RingConfig, start_ring: int = 0,
                shard: Shard | None = None) -> tf.data.Dataset:
-    """Ring batches from a dataset directory: its manifest form, else its TFRecord form."""
-    path = Path(path)
-    if (path / D.MANIFEST_NAME).exists():
+    """Ring batches from a dataset directory, in its form (`dataset_form`)."""
+    if dataset_form(path) == "manifest":
         return ring_dataset(path, config, start_ring, shard=shard)
     return ring_dataset_tfrecords(path, config, start_ring, shard=shard)
