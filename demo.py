@@ -10,12 +10,13 @@ downloaded.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "ringnet_default"
+from ringnet_tf.cli import (DEFAULT_CHECKPOINT, EXIT_OK, EXIT_SOME_FAILED, add_flame_model_argument, fail,
+                            quiet_tensorflow)
+
+quiet_tensorflow()
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -26,8 +27,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help="run directory, compact checkpoint or SavedModel (default: the bundled one)")
     p.add_argument("--saved_model", default=None, help="run from a SavedModel directory instead")
-    p.add_argument("--flame_model", default=None, help="FLAME model the checkpoint was trained with "
-                   "(default: the open head model)")
+    add_flame_model_argument(p)
     p.add_argument("--no_detect", action="store_true",
                    help="no face detection: the original RingNet centre crop")
     p.add_argument("--neutral", action="store_true", help="also write <name>_neutral.obj (zero expression and pose)")
@@ -80,6 +80,10 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--smooth must be 0 or more; got {args.smooth}"
     if not str(args.out).strip():
         return "--out is empty"
+    if args.flame_texture and not args.texture:
+        return "--flame_texture is only used with --texture"
+    if args.refine and args.no_detect:
+        return "--refine needs detected landmarks; drop --no_detect"
     return None
 
 
@@ -95,14 +99,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     problem = _check_args(args)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    if args.flame_texture and not args.texture:
-        print("error: --flame_texture is only used with --texture", file=sys.stderr)
-        return 2
-    if args.refine and args.no_detect:
-        print("error: --refine needs detected landmarks; drop --no_detect", file=sys.stderr)
-        return 2
+        return fail(problem)
     from flame.io import FlameFileError
     from ringnet_tf.demo_lib import DemoOptions, VideoOptions, collect_images, run_demo, run_video
     from ringnet_tf.inference import CheckpointError, load_predictor
@@ -110,14 +107,12 @@ def main(argv=None) -> int:
     from ringnet_tf.video import VideoError, is_video
 
     if not args.saved_model and Path(args.checkpoint) == DEFAULT_CHECKPOINT and not DEFAULT_CHECKPOINT.exists():
-        print(f"error: no default checkpoint at {DEFAULT_CHECKPOINT} yet; train one with train.py and "
-              f"pass --checkpoint RUN_DIR (see README)", file=sys.stderr)
-        return 2
+        return fail(f"no default checkpoint at {DEFAULT_CHECKPOINT} yet; train one with train.py and "
+                    f"pass --checkpoint RUN_DIR (see README)")
     steps = args.refine if args.refine is not None else (0 if args.no_detect else DEFAULT_STEPS)
     clip = Path(args.img) if is_video(args.img) else None
     if clip is not None and args.out.suffix.lower() in (".obj", ".ply"):
-        print(f"error: --out {args.out}: a video writes several files; give a folder", file=sys.stderr)
-        return 2
+        return fail(f"--out {args.out}: a video writes several files; give a folder")
     try:
         texture_uv = _texture_uv(args) if args.texture else None
         opts = DemoOptions(texture_uv=texture_uv, neutral=args.neutral, params=args.params, overlay=args.overlay,
@@ -130,20 +125,18 @@ def main(argv=None) -> int:
                                VideoOptions(every=args.every, max_frames=args.max_frames,
                                             meshes=args.meshes, smooth=args.smooth))
             print(f"done: {frames} frame(s) reconstructed")
-            return 0
+            return EXIT_OK
         images, root = collect_images(args.img)
         if not images:
             raise FileNotFoundError(f"{args.img}: no images found")
         predictor = load_predictor(args.saved_model or args.checkpoint, args.flame_model)
         ok, failed = run_demo(predictor, images, root, args.out, opts)
     except (FileNotFoundError, FileExistsError, CheckpointError, FlameFileError, VideoError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     except OSError as e:  # an unwritable --out for a video's outputs
-        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return fail(f"{e.filename or args.out}: {e.strerror or e}")
     print(f"done: {ok} image(s) written, {failed} failed")
-    return 0 if failed == 0 else 1
+    return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
 
 
 if __name__ == "__main__":

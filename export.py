@@ -8,12 +8,12 @@ arrays: do not redistribute it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "ringnet_default"
+from ringnet_tf.cli import DEFAULT_CHECKPOINT, EXIT_OK, add_flame_model_argument, fail, quiet_tensorflow
+
+quiet_tensorflow()
 
 
 def main(argv=None) -> int:
@@ -24,8 +24,7 @@ def main(argv=None) -> int:
     p.add_argument("--compact", action="store_true",
                    help="write a compact checkpoint (config.json + float16 weights.npz, no FLAME arrays) "
                         "instead of a SavedModel, e.g. for checkpoints/ringnet_default")
-    p.add_argument("--flame_model", default=None, help="FLAME the checkpoint was trained with "
-                   "(default: the open head model)")
+    add_flame_model_argument(p)
     p.add_argument("--force", action="store_true",
                    help="replace an existing --out (only once the new export is complete)")
     args = p.parse_args(argv)
@@ -35,7 +34,7 @@ def main(argv=None) -> int:
     from ringnet_tf.inference import CheckpointError, KerasPredictor, load_predictor, save_compact
 
     try:
-        # Refuse a taken --out before the slow part (loading, tracing); checked again at the end.
+        # Refuse a taken --out before the slow part (loading); staged_dir checks again before writing.
         check_new_dir(args.out, args.force)
         predictor = load_predictor(args.checkpoint, args.flame_model)
         if not isinstance(predictor, KerasPredictor):
@@ -47,17 +46,15 @@ def main(argv=None) -> int:
                              extra={"trained_from": str(args.checkpoint),
                                     "training": {k: v for k, v in source.items() if k not in ("model",)}})
             print(f"wrote compact checkpoint {args.out}")
-            return 0
+            return EXIT_OK
         out = export_saved_model(predictor.net, args.out, force=args.force)
     except (CheckpointError, FlameFileError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     except OSError as e:  # an unwritable place, --out under a file, a full disk
         detail = str(e) if e.filename is None else f"{e.filename}: {e.strerror}"
-        print(f"error: cannot write {args.out}: {detail}", file=sys.stderr)
-        return 2
+        return fail(f"cannot write {args.out}: {detail}")
     print(f"wrote SavedModel {out} (signatures: serving_default, serve, serve_float, neutral, faces)")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

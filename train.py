@@ -18,7 +18,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from ringnet_tf.cli import quiet_tensorflow  # noqa: E402  (imports no TensorFlow)
+
+quiet_tensorflow()
 
 
 @contextlib.contextmanager
@@ -58,7 +60,8 @@ with _held_stderr(_NATIVE_STARTUP_LOG):
     import tensorflow as tf
     from absl import app, flags
 
-    from ringnet_tf.model import BACKBONE_WEIGHTS_HELP, BACKBONES
+    from ringnet_tf.cli import BACKBONE_WEIGHTS_HELP
+    from ringnet_tf.model import BACKBONES
     from ringnet_tf.data.rings import RingConfig
     from ringnet_tf.model import OUTPUT_CONVENTIONS, POOL1_KINDS, POSE_HEADS, ModelConfig
     from ringnet_tf.train_lib import LR_SCHEDULES, MIXED_PRECISIONS, STRATEGIES, TrainConfig

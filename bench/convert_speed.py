@@ -12,7 +12,6 @@ differences in parameters, vertices and pixels) and the process's peak memory.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import sys
@@ -20,8 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ringnet_tf.cli import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 from flame.io import load_flame  # noqa: E402
 from ringnet_tf.convert.original import convert  # noqa: E402

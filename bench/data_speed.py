@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ringnet_tf import preprocess  # noqa: E402
 from ringnet_tf.data import landmarks_dlib as L  # noqa: E402
 from ringnet_tf.data import prepare as P  # noqa: E402
 
@@ -47,9 +48,10 @@ IDENTITIES = 4
 
 def make_frames(count: int, seed: int = 0) -> list[np.ndarray]:
     """`count` different 640 x 480 BGR frames holding the photo (shifted, mirrored, re-lit)."""
-    photo = cv2.imread(str(PHOTO))
-    if photo is None:
-        raise SystemExit(f"{PHOTO}: missing")
+    try:
+        photo = cv2.cvtColor(preprocess.read_image(PHOTO), cv2.COLOR_RGB2BGR)
+    except preprocess.ImageReadError as e:
+        raise SystemExit(str(e)) from None
     rng = np.random.default_rng(seed)
     h, w = FRAME
     frames = []

@@ -16,8 +16,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ringnet_tf.cli import add_flame_model_argument, quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -95,7 +98,7 @@ def bench_smplx(model_dir: Path, repeats: int) -> dict[int, float] | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--flame_model", default=None, help="FLAME folder (default: open head model)")
+    add_flame_model_argument(parser, help="FLAME model file or folder (default: the open head model)")
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per configuration")
     args = parser.parse_args()
     model = load_flame(args.flame_model)

@@ -11,21 +11,24 @@
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ringnet_tf.cli import DEFAULT_CHECKPOINT, add_flame_model_argument, quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.timing import median_seconds  # noqa: E402
+from ringnet_tf import preprocess  # noqa: E402
 from ringnet_tf.export import export_saved_model  # noqa: E402
 from ringnet_tf.inference import KerasPredictor, load_predictor  # noqa: E402
 from ringnet_tf.model import build_backbone  # noqa: E402
@@ -35,8 +38,8 @@ PHOTO = ROOT / "examples" / "astronaut.jpg"
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "ringnet_default"))
-    p.add_argument("--flame_model", default=None)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    add_flame_model_argument(p)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()
@@ -65,7 +68,7 @@ def main() -> int:
         batch = tf.constant(rng.integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8))
         backbone = build_backbone(size)
         forward = tf.function(lambda x: backbone(x, training=False))
-        floats = tf.cast(batch, tf.float32) / 127.5 - 1.0
+        floats = preprocess.normalise(batch)
         ours_s, bare_s = median_seconds(lambda: sm.serve(batch)["vertices"].numpy(),
                                         lambda: forward(floats).numpy(), repeats=args.repeats)
         ours, bare = args.batch / ours_s, args.batch / bare_s

@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ringnet_tf.cli import DEFAULT_CHECKPOINT, quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 
 def make_image_data(src: Path, out: Path, identities: int) -> None:
@@ -76,7 +78,7 @@ def main() -> int:
     p.add_argument("--make_image_data", type=Path, default=None, metavar="SRC",
                    help="first make --image_data from SRC's first identities (as many as --identity_data has)")
     p.add_argument("--val", type=Path, default=Path("data/syn_val"))
-    p.add_argument("--init_from", default="checkpoints/ringnet_default")
+    p.add_argument("--init_from", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--w_landmarks3d", type=float, default=60.0)
     p.add_argument("--out", type=Path, default=Path("runs/compare"))

@@ -21,13 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ringnet_tf.cli import DEFAULT_CHECKPOINT, quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.timing import median_seconds  # noqa: E402
+from flame.layer import FlameLayer  # noqa: E402
 from ringnet_tf import camera  # noqa: E402
 from ringnet_tf.params import ParamSpec  # noqa: E402
 
@@ -73,8 +77,9 @@ def legacy_refine(flame, params, landmarks, image_size, steps, learning_rate=0.0
     return theta.numpy(), report.numpy()
 
 
-def landmark_error(flame, params, targets, size) -> float:
-    """Mean landmark distance over the batch, in face sizes (bounding box of the targets)."""
+def landmark_error(flame: FlameLayer, params: np.ndarray, targets: np.ndarray, size: int) -> float:
+    """Mean landmark distance over the batch (params [B, P], targets [B, 68, 3] crop pixels), in
+    face sizes (bounding box of the targets)."""
     from ringnet_tf.evaluate.synthetic import fitted_landmarks_px, landmark_face_size
 
     d = np.linalg.norm(fitted_landmarks_px(flame, params, size) - targets[..., :2], axis=-1).mean(1)
@@ -84,7 +89,7 @@ def landmark_error(flame, params, targets, size) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, type=Path, help="synthetic dataset (at least 64 images)")
-    p.add_argument("--checkpoint", default="checkpoints/ringnet_default")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
 

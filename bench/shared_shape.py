@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ringnet_tf.cli import DEFAULT_CHECKPOINT, quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 TARGET_RATIO = 0.75
 
@@ -31,7 +33,7 @@ TARGET_RATIO = 0.75
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="synthetic dataset (held-out identities)")
-    p.add_argument("--checkpoint", default="checkpoints/ringnet_default")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--steps", type=int, default=None, help="refinement's maximum steps (default: refine's)")
     p.add_argument("--noise-seed", type=int, default=0)

@@ -19,8 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ringnet_tf.cli import add_flame_model_argument, quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 import cv2  # noqa: E402
 import keras  # noqa: E402
@@ -28,6 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from flame.io import load_flame  # noqa: E402
+from flame.model import FlameModel  # noqa: E402
 from ringnet_tf.data import dataset as D  # noqa: E402
 from ringnet_tf.data.rings import RingConfig, ring_dataset  # noqa: E402
 from ringnet_tf.model import ModelConfig, build_backbone, build_ringnet  # noqa: E402
@@ -42,7 +46,7 @@ def _time_fit(model: keras.Model, data: tf.data.Dataset, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_pair(flame, args, jit: bool, policy: str) -> tuple[float, float]:
+def bench_pair(flame: FlameModel, args: argparse.Namespace, jit: bool, policy: str) -> tuple[float, float]:
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
     n_img = args.ring_size * args.rings_per_batch
@@ -101,7 +105,7 @@ def main() -> int:
     p.add_argument("--ring_size", type=int, default=6)
     p.add_argument("--rings_per_batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
-    p.add_argument("--flame_model", default=None)
+    add_flame_model_argument(p, help="FLAME model file or folder (default: the open head model)")
     p.add_argument("--quick", action="store_true", help="float32 without XLA only")
     args = p.parse_args()
     flame = load_flame(args.flame_model)

@@ -19,13 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ringnet_tf.cli import DEFAULT_CHECKPOINT, add_flame_model_argument, quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ringnet_tf import preprocess  # noqa: E402
 from ringnet_tf import video as V  # noqa: E402
 from ringnet_tf.demo_lib import DemoOptions, Detector, ImageFailure, VideoOptions, run_video  # noqa: E402
 from ringnet_tf.inference import load_predictor  # noqa: E402
@@ -36,7 +40,7 @@ PHOTO = ROOT / "examples" / "astronaut.jpg"
 
 def make_clip(path: Path, seconds: float, fps: int = 30, size: tuple[int, int] = (640, 480)) -> int:
     w, h = size
-    photo = cv2.imread(str(PHOTO))
+    photo = cv2.cvtColor(preprocess.read_image(PHOTO), cv2.COLOR_RGB2BGR)  # VideoWriter takes BGR
     scale = 0.6 * h / max(photo.shape[:2])
     small = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
@@ -56,8 +60,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--every", type=int, default=5)
-    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "ringnet_default"))
-    p.add_argument("--flame_model", default=None)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    add_flame_model_argument(p)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mp4"

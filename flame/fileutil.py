@@ -1,4 +1,4 @@
-"""Writing files so that a failure never leaves a half-written one behind."""
+"""Writing files so that a failure never leaves a half-written one behind; the cache root."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +16,17 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+# The project's cache root (generated models, UV atlases): this environment variable, else this
+# folder.
+CACHE_ENV_VAR = "RINGNET_TF_CACHE"
+DEFAULT_CACHE_ROOT = Path("~/.cache/ringnet_tf")
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache root: `cache_dir` if given, else $RINGNET_TF_CACHE, else ~/.cache/ringnet_tf (with
+    `~` expanded). Nothing is created."""
+    return Path(cache_dir or os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_ROOT).expanduser()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:

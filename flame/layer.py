@@ -75,7 +75,8 @@ class FlameLayer(keras.layers.Layer):
         # Blend shapes and pose correctives as two bases: v = template + [coeffs, jaw feats] @ basis
         # + [neck, eye feats] @ basis_rest. RingNet's 6-d pose leaves neck and eyes at identity,
         # whose features are then exactly zero, so its path needs only the first product.
-        # Template and bases are planar (all x, then all y, then all z): see lbs._apply_affine.
+        # Template and bases are planar (all x, then all y, then all z): lbs.skin and
+        # lbs.skin_global_and_jaw take points as [B, 3, N] (see lbs._affine_rows for why).
         self.basis = self._const("basis", (k + 9, v3))
         self.basis_rest = self._const("basis_rest", (C.NUM_POSE_FEATURES - 9, v3))
         # Joints are linear in the coefficients (the regressor is applied to the shaped template),

@@ -75,7 +75,9 @@ class MeshReadError(ValueError):
     """An unreadable mesh or landmark file; the message starts with the file's path."""
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: str | os.PathLike) -> str:
+    """The text of a file (UTF-8; undecodable bytes replaced), or a MeshReadError naming it."""
+    path = Path(path)
     try:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError as err:
@@ -98,7 +100,7 @@ def read_obj(path: str | os.PathLike, with_faces: bool = True) -> tuple[np.ndarr
       MeshReadError naming the file (and line) for unreadable or malformed content, or no vertex.
     """
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path)
     vertex_rows: list[list[str]] = []
     vertex_lines: list[int] = []
     face_records: list[tuple[int, list[str]]] = []

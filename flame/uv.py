@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-from flame.fileutil import atomic_write
+from flame.fileutil import atomic_write, cache_root
 from flame.io import FlameFileError
 from flame.model import FlameModel
 
@@ -38,14 +38,6 @@ _PADDING = 2
 # the open head; more iterations, a higher cost limit and rounder charts give about 40 charts
 # (6 tiny) at the same stretch and packing, i.e. fewer seams across the face.
 _CHART_OPTIONS = {"max_iterations": 4, "max_cost": 4.0, "roundness_weight": 0.1}
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    """The project's cache root, as `flame.openhead.ensure_open_head` finds it: `cache_dir`, else
-    $RINGNET_TF_CACHE, else ~/.cache/ringnet_tf."""
-    from flame.openhead import CACHE_ENV_VAR, DEFAULT_CACHE_ROOT
-
-    return pathlib.Path(cache_dir or os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_ROOT).expanduser()
 
 
 def _xatlas_version() -> str:

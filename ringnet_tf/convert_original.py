@@ -3,10 +3,11 @@ RingNet's released TF 1 checkpoint -> a compact checkpoint of this project, veri
 graph. The converter lives in `ringnet_tf.convert.original` (see its docstring)."""
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from ringnet_tf.cli import quiet_tensorflow
+
+quiet_tensorflow()
 
 from ringnet_tf.convert.original import ConversionError, convert, main  # noqa: E402
 

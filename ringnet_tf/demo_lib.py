@@ -13,7 +13,7 @@ import io
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import cv2
 import numpy as np
@@ -21,8 +21,13 @@ import numpy as np
 from flame.fileutil import write_all
 from flame.mesh_io import MESH_FORMATS, mesh_bytes
 from ringnet_tf import preprocess
-from ringnet_tf.camera import normalised_to_pixels, reframe_camera
+from ringnet_tf.camera import reframe_camera
 from ringnet_tf.progress import Progress
+
+if TYPE_CHECKING:
+    from ringnet_tf.inference import Predictor
+    from ringnet_tf.refine import RefineResult
+    from ringnet_tf.video import ClipInfo
 
 # Largest side, in pixels, at which the overlay figure is rendered.
 FIGURE_SIZE = 512
@@ -136,21 +141,21 @@ def plan_outputs(images: list[Path], root: Path | None, out: Path, opts: DemoOpt
 
 
 class Detector:
-    """Face box and 68 landmarks by dlib (optional install), with the preparation tool's policy."""
+    """Face box and 68 landmarks by dlib (optional install), with the several-faces policy that
+    data preparation uses (`landmarks_dlib.choose_face`, its default settings)."""
 
     def __init__(self):
-        from ringnet_tf.data import landmarks_dlib as L
-        from ringnet_tf.data import prepare as P
+        from ringnet_tf.data import landmarks_dlib as L  # dlib is optional: imported when needed
 
-        self.P = P
-        self.settings = P.Settings()
+        self.L = L
+        self.policy = L.FacePolicy()
         self.landmarker = L.DlibLandmarker()
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """[68, 3] landmarks (x, y, confidence) in the photo's pixels; ImageFailure without a face."""
         try:
-            _, lm = self.P.choose_face(self.landmarker, rgb, self.settings)
-        except self.P.Skip as s:
+            _, lm = self.L.choose_face(self.landmarker, rgb, self.policy)
+        except self.L.FaceRejected as s:
             raise ImageFailure(f"{s.reason} ({s.detail})" if s.detail else s.reason) from None
         return lm.as_array()
 
@@ -184,8 +189,7 @@ def overlay_photo(rgb: np.ndarray, box: preprocess.Box, crop_size: int, vertices
     offset = (-a[:, 2] / a[0, 0] + 0.5) * scale - 0.5
     side = max(fw, fh)
     result = render.render(vertices, faces, reframe_camera(cam, crop_size, k, offset, side), side)
-    mask = result.mask[:fh, :fw, None]
-    return np.where(mask, (small * 0.25 + result.image[:fh, :fw] * 0.75 + 0.5).astype(np.uint8), small)
+    return render.overlay(small, result)  # the square render's top-left corner is the photo
 
 
 def _figure(rgb: np.ndarray, box: preprocess.Box, crop_size: int, vertices: np.ndarray,
@@ -199,7 +203,7 @@ def _figure(rgb: np.ndarray, box: preprocess.Box, crop_size: int, vertices: np.n
     return np.concatenate([over, side_img], axis=1)
 
 
-def _prepare(rgb: np.ndarray, detector, size: int) -> dict[str, Any]:
+def _prepare(rgb: np.ndarray, detector: Detector | None, size: int) -> dict[str, Any]:
     """Finds the face (or takes the centre crop) and crops it: box, crop, photo landmarks."""
     if detector is not None:
         lm_photo = detector(rgb)
@@ -210,11 +214,12 @@ def _prepare(rgb: np.ndarray, detector, size: int) -> dict[str, Any]:
     return {"box": box, "crop": preprocess.crop(rgb, box, size), "lm_photo": lm_photo}
 
 
-def refine_items(predictor, items: list[dict[str, Any]], params: np.ndarray, steps: int,
-                 groups: np.ndarray | None = None, smooth: float = 0.0, stream=None):
-    """Refines every item's parameters against its detected landmarks, in one batched call:
-    items of one group share one shape (`groups`: [N] int, None: each image alone). Returns the
-    refine module's result (params, losses, excluded images and why)."""
+def refine_items(predictor: Predictor, items: list[dict[str, Any]], params: np.ndarray, steps: int,
+                 groups: np.ndarray | None = None, smooth: float = 0.0,
+                 stream: TextIO | None = None) -> RefineResult:
+    """Refines every item's parameters (params [N, P]) against its detected landmarks, in one
+    batched call: items of one group share one shape (`groups`: [N] int, None: each image alone).
+    Returns the refine module's result (params, losses, excluded images and why)."""
     from ringnet_tf.refine import refine
 
     size = predictor.image_size
@@ -247,8 +252,8 @@ def person_paths(folder: Path) -> dict[str, Path]:
     return {"person_neutral": folder / "person_neutral.obj", "person": folder / "person.npz"}
 
 
-def run_demo(predictor, images: list[Path], root: Path | None, out: Path, opts: DemoOptions,
-             stream=None, err=None) -> tuple[int, int]:
+def run_demo(predictor: Predictor, images: list[Path], root: Path | None, out: Path, opts: DemoOptions,
+             stream: TextIO | None = None, err: TextIO | None = None) -> tuple[int, int]:
     """Reads, crops and regresses the images in batches; without refinement writes each batch's
     outputs at once, with it refines all images together (shared shapes with `opts.group`) and then
     writes them (and each person's outputs); returns (succeeded, failed)."""
@@ -298,7 +303,7 @@ def run_demo(predictor, images: list[Path], root: Path | None, out: Path, opts: 
                 print(f"{b['image']}: left out of the shared shape: {why}", file=err, flush=True)
         for start in range(0, len(kept), opts.batch_size):
             batch = kept[start:start + opts.batch_size]
-            _write_batch(predictor, batch, _decode(predictor, result.params[start:start + len(batch)]),
+            _write_batch(predictor, batch, predictor.decode(result.params[start:start + len(batch)]),
                          opts, counts, stream, err)
         if groups is not None:
             counts["failed"] += _write_people(predictor, kept, result.params, groups, result.reasons,
@@ -309,7 +314,9 @@ def run_demo(predictor, images: list[Path], root: Path | None, out: Path, opts: 
     return counts["ok"], counts["failed"]
 
 
-def _write_batch(predictor, batch, pred, opts, counts, stream, err) -> None:
+def _write_batch(predictor: Predictor, batch: list[dict[str, Any]], pred: dict[str, np.ndarray],
+                 opts: DemoOptions, counts: dict[str, int], stream: TextIO, err: TextIO) -> None:
+    """Writes a batch's outputs (pred: `Predictor.predict`'s arrays, [B, ...]), counting successes."""
     need_neutral = opts.neutral or opts.now_root is not None
     neutral = predictor.neutral(pred["shape"]) if need_neutral else None
     for i, b in enumerate(batch):
@@ -324,9 +331,12 @@ def _write_batch(predictor, batch, pred, opts, counts, stream, err) -> None:
             counts["failed"] += 1
 
 
-def _write_people(predictor, items, params, groups, excluded, root, out, opts, stream, err) -> int:
+def _write_people(predictor: Predictor, items: list[dict[str, Any]], params: np.ndarray,
+                  groups: np.ndarray, excluded: list[str], root: Path | None, out: Path,
+                  opts: DemoOptions, stream: TextIO, err: TextIO) -> int:
     """Each person's neutral mesh and shape (the shape shared by the images not excluded);
-    returns the number of people that could not be written."""
+    params [N, P], groups [N], excluded [N] ('' or why). Returns the number of people that could
+    not be written."""
     from ringnet_tf.params import ParamSpec
 
     flame = predictor.flame_layer  # present: people are written only after a refinement
@@ -355,32 +365,13 @@ def _write_people(predictor, items, params, groups, excluded, root, out, opts, s
             print(f"person of {len(kept)} image(s) ({len(members) - len(kept)} left out) -> "
                   f"{paths['person_neutral']}", file=stream, flush=True)
         except OSError as e:
-            print(f"{folder}: person outputs failed: {e}", file=err, flush=True)
+            print(f"{paths['person'].parent}: person outputs failed: {e}", file=err, flush=True)
             failures += 1
     return failures
 
 
-def _decode(predictor, params: np.ndarray) -> dict[str, np.ndarray]:
-    """Network-style outputs for given parameters (after refinement), through the FLAME layer."""
-    import tensorflow as tf
-
-    from flame import lbs
-    from ringnet_tf import camera
-    from ringnet_tf.params import ParamSpec
-
-    flame = predictor.flame_layer
-    spec = ParamSpec(flame.num_shape, flame.num_expression)
-    parts = spec.split(params)
-    out = flame(*(tf.constant(parts[k], tf.float32) for k in ("shape", "expression", "pose")))
-    lm2d = normalised_to_pixels(camera.project_normalised(out["landmarks"].numpy(), parts["cam"]),
-                                predictor.image_size)
-    return {**parts, "params": params, "flame_pose": lbs.full_pose(tf.constant(parts["pose"])).numpy(),
-            "vertices": out["vertices"].numpy(), "landmarks3d": out["landmarks"].numpy(),
-            "now_landmarks": out["now_landmarks"].numpy(), "landmarks2d": lm2d}
-
-
 def _write(b: dict[str, Any], pred: dict[str, np.ndarray], neutral: dict[str, np.ndarray] | None,
-           predictor, size: int, opts: DemoOptions) -> None:
+           predictor: Predictor, size: int, opts: DemoOptions) -> None:
     """Writes one image's outputs, all of them or (on any error) none."""
     paths, faces = b["paths"], predictor.faces
     files: dict[Path, bytes] = {paths["mesh"]: mesh_bytes(paths["mesh"], pred["vertices"], faces)}
@@ -444,8 +435,8 @@ def video_paths(clip: Path, out: Path, opts: DemoOptions) -> dict[str, Path]:
     return paths
 
 
-def run_video(predictor, clip: Path, out: Path, opts: DemoOptions, vopts: VideoOptions,
-              stream=None, err=None) -> int:
+def run_video(predictor: Predictor, clip: Path, out: Path, opts: DemoOptions, vopts: VideoOptions,
+              stream: TextIO | None = None, err: TextIO | None = None) -> int:
     """Reconstructs the person in a clip: one shape for the clip, pose, expression and camera per
     kept frame (temporally smoothed), written to `out`: <stem>.npz (per-frame parameters and
     landmarks), <stem>_neutral.obj, optionally per-frame meshes and an overlay video. Everything is
@@ -506,7 +497,7 @@ def run_video(predictor, clip: Path, out: Path, opts: DemoOptions, vopts: VideoO
         for b, why in zip(items, result.reasons):
             if why:
                 print(f"{clip} frame {b['frame']}: left out of the shared shape: {why}", file=err, flush=True)
-    decoded = [_decode(predictor, params[i:i + opts.batch_size]) for i in range(0, len(items), opts.batch_size)]
+    decoded = [predictor.decode(params[i:i + opts.batch_size]) for i in range(0, len(items), opts.batch_size)]
     pred = {k: np.concatenate([d[k] for d in decoded]) for k in decoded[0]}
     person_shape = pred["shape"].mean(axis=0)
     neutral = predictor.neutral(person_shape[None])
@@ -537,7 +528,8 @@ def run_video(predictor, clip: Path, out: Path, opts: DemoOptions, vopts: VideoO
     return len(items)
 
 
-def _overlay_video(clip: Path, info, items, pred, predictor, vopts: VideoOptions, out: Path, err) -> bytes:
+def _overlay_video(clip: Path, info: ClipInfo, items: list[dict[str, Any]], pred: dict[str, np.ndarray],
+                   predictor: Predictor, vopts: VideoOptions, out: Path, err: TextIO) -> bytes:
     """The overlay video's bytes: every kept frame with the mesh over it and a side view (frames
     without a face shown as they are), at the kept frames' rate. Decodes the clip a second time."""
     import tempfile

@@ -17,7 +17,9 @@ licence forbids redistributing it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -25,38 +27,39 @@ import tensorflow as tf
 from flame import lbs
 from flame.fileutil import staged_dir
 from flame.layer import FlameLayer
-from ringnet_tf import camera, preprocess
+from ringnet_tf import camera, model, preprocess
 
 OUTPUT_KEYS = ("params", "cam", "pose", "shape", "expression", "vertices", "landmarks3d",
                "now_landmarks")
 
 
 def flame_layer_of(net: keras.Model) -> FlameLayer:
+    """The network's one FlameLayer; ValueError if it has none or several."""
     layers = [layer for layer in net.layers if isinstance(layer, FlameLayer)]
     if len(layers) != 1:
         raise ValueError(f"expected one FlameLayer in the network, found {len(layers)}")
     return layers[0]
 
 
-def _serve(net: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
-    """images: [B, H, W, 3] float32 in [-1, 1] -> the documented outputs."""
-    size = net.input_shape[1]
-    in_h, in_w = tf.shape(images)[1], tf.shape(images)[2]
-    resized = tf.image.resize(images, [size, size], method="bilinear", antialias=True)
-    out = net(resized, training=False)
+def serving_outputs(out: Mapping[str, Any], image_size: int, image_wh: Any = None) -> dict[str, Any]:
+    """The network's outputs (or `model.decode`'s, with params) as the signatures return them:
+    OUTPUT_KEYS, flame_pose [B, 15], and landmarks2d [B, 68, 2] in pixels (x right, y down) of the
+    network's input, or of an image of `image_wh` ([2] width, height) it was resized from."""
     result = {k: out[k] for k in OUTPUT_KEYS}
     result["flame_pose"] = lbs.full_pose(out["pose"])
-    # Network-input pixels -> pixels of the given images: a scale per axis about the image's
-    # edge (-0.5 with pixel centres at whole numbers).
-    pixels = camera.normalised_to_pixels(out["landmarks2d"], size)
-    result["landmarks2d"] = (pixels + 0.5) * tf.cast(tf.stack([in_w, in_h]), tf.float32) / size - 0.5
+    pixels = camera.normalised_to_pixels(out["landmarks2d"], image_size)
+    if image_wh is not None:
+        pixels = preprocess.resize_points(pixels, image_size, image_wh)
+    result["landmarks2d"] = pixels
     return result
 
 
-def _neutral(flame: FlameLayer, shape: tf.Tensor) -> dict[str, tf.Tensor]:
-    batch = tf.shape(shape)[0]
-    out = flame(shape, tf.zeros([batch, flame.num_expression]), tf.zeros([batch, 6]))
-    return {"vertices": out["vertices"], "now_landmarks": out["now_landmarks"]}
+def serve(net: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    """images: [B, H, W, 3] float32 in [-1, 1] -> the documented outputs (module docstring)."""
+    size = net.input_shape[1]
+    out = net(preprocess.resize_to_input(images, size), training=False)
+    wh = tf.cast(tf.stack([tf.shape(images)[2], tf.shape(images)[1]]), tf.float32)
+    return serving_outputs(out, size, wh)
 
 
 def export_saved_model(net: keras.Model, out_dir: str | os.PathLike, force: bool = False) -> Path:
@@ -73,14 +76,14 @@ def _write_archive(net: keras.Model, out: Path) -> None:
     archive = keras.export.ExportArchive()
     archive.track(net)
     archive.add_endpoint(
-        "serve", lambda images: _serve(net, preprocess.normalise(images)),
+        "serve", lambda images: serve(net, preprocess.normalise(images)),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     archive.add_endpoint(
-        "serve_float", lambda images: _serve(net, images),
+        "serve_float", lambda images: serve(net, images),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     archive.add_endpoint("faces", lambda: tf.identity(faces), input_signature=[])
     archive.add_endpoint("image_size", lambda: tf.constant(net.input_shape[1], tf.int32), input_signature=[])
     archive.add_endpoint(
-        "neutral", lambda shape: _neutral(flame, shape),
+        "neutral", lambda shape: model.neutral(flame, shape),
         input_signature=[tf.TensorSpec([None, flame.num_shape], tf.float32, name="shape")])
     archive.write_out(str(out), verbose=False)

@@ -14,11 +14,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from flame.fileutil import atomic_write
+
+if TYPE_CHECKING:
+    import keras
+
+    from flame.layer import FlameLayer
+    from flame.model import FlameModel
 
 COMPACT_WEIGHTS = "weights.npz"
 CONFIG_NAME = "config.json"
@@ -52,7 +58,7 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _check_fingerprint(path: Path, config: dict[str, Any], flame) -> None:
+def _check_fingerprint(path: Path, config: dict[str, Any], flame: FlameModel) -> None:
     want = config.get("flame_fingerprint")
     if want != flame.fingerprint():
         raise CheckpointError(
@@ -60,7 +66,7 @@ def _check_fingerprint(path: Path, config: dict[str, Any], flame) -> None:
             f"use the head model it was trained with (--flame_model), or a checkpoint trained on yours")
 
 
-def _stored_weights(net) -> list:
+def stored_weights(net: keras.Model) -> list[keras.Variable]:
     """The network's weights in order, without the FLAME layer's (rebuilt from the head model)."""
     from ringnet_tf.export import flame_layer_of
 
@@ -68,12 +74,14 @@ def _stored_weights(net) -> list:
     return [w for w in net.weights if id(w) not in skip]
 
 
-def save_compact(net, model_config: dict[str, Any], flame_fingerprint: str, out_dir: str | os.PathLike,
+
+
+def save_compact(net: keras.Model, model_config: dict[str, Any], flame_fingerprint: str, out_dir: str | os.PathLike,
                  dtype: str = "float16", extra: dict[str, Any] | None = None) -> Path:
     """Writes config.json and weights.npz (every weight but FLAME's arrays, cast to `dtype`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    weights = _stored_weights(net)
+    weights = stored_weights(net)
     # Keyed by position: Keras' automatic layer names depend on what else a process has built.
     arrays = {f"w{i:04d}": np.asarray(w.numpy()).astype(dtype) for i, w in enumerate(weights)}
     atomic_write(out / COMPACT_WEIGHTS, lambda f: np.savez_compressed(f, **arrays))
@@ -88,11 +96,13 @@ class Predictor:
     params, cam [B, 3], pose [B, 6], shape, expression, flame_pose [B, 15], vertices [B, V, 3],
     landmarks3d [B, 68, 3], now_landmarks [B, 7, 3], landmarks2d [B, 68, 2] (crop pixels).
     `neutral(shape)` gives FLAME(shape, 0, 0): vertices [B, V, 3], now_landmarks [B, 7, 3].
+    `decode(params)` gives what `predict` would for other parameters (e.g. refined ones); it
+    needs the FLAME layer (`flame_layer`, None for a SavedModel).
     """
 
     image_size: int
     faces: np.ndarray
-    flame_layer: Any
+    flame_layer: FlameLayer | None
     source: str
 
     def predict(self, crops: np.ndarray) -> dict[str, np.ndarray]:
@@ -101,35 +111,48 @@ class Predictor:
     def neutral(self, shape: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def decode(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError(f"{self.source}: decoding parameters needs a checkpoint's FLAME layer")
+
 
 class KerasPredictor(Predictor):
     """A Keras network; `config` is its checkpoint's config.json (empty when built in memory)."""
 
-    def __init__(self, net, source: str, config: dict[str, Any] | None = None):
+    def __init__(self, net: keras.Model, source: str, config: dict[str, Any] | None = None):
         import tensorflow as tf
 
-        from ringnet_tf.export import _serve, flame_layer_of
+        from ringnet_tf.export import flame_layer_of, serve
         from ringnet_tf.preprocess import normalise
 
         self.net, self.source, self.config = net, source, dict(config or {})
         self.image_size = int(net.input_shape[1])
         self.flame_layer = flame_layer_of(net)
         self.faces = self.flame_layer.faces_numpy()
-        self._fn = tf.function(lambda x: _serve(net, normalise(x)))
+        self._fn = tf.function(lambda x: serve(net, normalise(x)))
 
-    def predict(self, crops):
+    def predict(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in self._fn(np.asarray(crops, np.uint8)).items()}
 
-    def neutral(self, shape):
+    def neutral(self, shape: np.ndarray) -> dict[str, np.ndarray]:
+        from ringnet_tf.model import neutral
+
+        return {k: v.numpy() for k, v in neutral(self.flame_layer, shape).items()}
+
+    def decode(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """params [B, P] -> `predict`'s outputs for them (landmarks2d in crop pixels)."""
         import tensorflow as tf
 
-        b = len(shape)
-        out = self.flame_layer(tf.constant(shape, tf.float32),
-                               tf.zeros((b, self.flame_layer.num_expression)), tf.zeros((b, 6)))
-        return {"vertices": out["vertices"].numpy(), "now_landmarks": out["now_landmarks"].numpy()}
+        from ringnet_tf.export import serving_outputs
+        from ringnet_tf.model import decode
+
+        theta = tf.constant(params, tf.float32)
+        out = serving_outputs({"params": theta, **decode(self.flame_layer, theta)}, self.image_size)
+        return {k: v.numpy() for k, v in out.items()}
 
 
 class SavedModelPredictor(Predictor):
+    """An exported SavedModel (`export.py`): predict and neutral through its signatures."""
+
     def __init__(self, path: Path):
         import tensorflow as tf
 
@@ -141,10 +164,10 @@ class SavedModelPredictor(Predictor):
         self.image_size = int(self.sm.image_size().numpy())
         self.flame_layer = None
 
-    def predict(self, crops):
+    def predict(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in self.sm.serve(np.asarray(crops, np.uint8)).items()}
 
-    def neutral(self, shape):
+    def neutral(self, shape: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in self.sm.neutral(np.asarray(shape, np.float32)).items()}
 
 
@@ -204,7 +227,7 @@ def load_predictor(path: str | os.PathLike, flame_model: str | None = None) -> P
         except Exception as e:
             raise CheckpointError(f"{latest}: cannot restore ({type(e).__name__}: {_one_line(e)})") from None
         return KerasPredictor(net, latest, config)
-    weights = _stored_weights(net)
+    weights = stored_weights(net)
     file = path / COMPACT_WEIGHTS
     try:
         with np.load(file, allow_pickle=False) as data:

@@ -15,11 +15,14 @@ before they existed load unchanged:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from flame import constants as C
 from flame.layer import FlameLayer
 from flame.model import FlameModel
 from ringnet_tf import camera
@@ -29,7 +32,6 @@ BACKBONES = ("resnet50", "tiny")
 POOL1_KINDS = ("keras", "slim")
 OUTPUT_CONVENTIONS = ("ours", "ringnet")
 POSE_HEADS = ("regress", "landmarks")
-BACKBONE_WEIGHTS_HELP = "none (random init), imagenet (Keras' download; network needed), or a .weights.h5 path"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,8 +211,6 @@ class LandmarkPose(keras.layers.Layer):
         self.built = True
 
     def call(self, features, theta, rest_landmarks, root):
-        import tensorflow as tf
-
         from ringnet_tf import procrustes
 
         x = keras.ops.concatenate([keras.ops.cast(features, "float32"), theta], axis=-1)
@@ -417,20 +417,46 @@ def build_ringnet(flame: FlameModel | FlameLayer, config: ModelConfig = ModelCon
         parts = {**parts, "cam": cam, "pose": keras.ops.concatenate([rotation, jaw], axis=-1)}
         theta = keras.ops.concatenate([parts[name] for name in spec.slices()], axis=-1)
         extra = {"landmarks_camera": landmarks_cam}
-    decoded = flame(parts["shape"], parts["expression"], parts["pose"])
-    landmarks2d = WeakPerspective(name="project")(decoded["landmarks"], parts["cam"])
-    outputs = {
-        "params": theta, "params_stages": stages, **parts,
-        "vertices": decoded["vertices"], "landmarks3d": decoded["landmarks"],
-        "landmarks2d": landmarks2d, "now_landmarks": decoded["now_landmarks"], **extra,
-    }
+    outputs = {"params": theta, "params_stages": stages,
+               **decode(flame, parts, project=WeakPerspective(name="project")), **extra}
     return keras.Model(images, outputs, name="ringnet")
+
+
+def decode(flame: FlameLayer, params: Any, project: Callable = camera.project_normalised) -> dict[str, Any]:
+    """Parameters -> the network's outputs: the one decoding (the network, serving, refinement,
+    benchmarks), through FLAME and the weak-perspective camera.
+
+    Args:
+      flame: the head model's layer.
+      params: [B, P] estimates (tensor or float32 array), or their parts {"cam": [B, 3],
+        "pose": [B, 6], "shape": [B, S], "expression": [B, E]} (Keras tensors too).
+      project: (points, cam) -> normalised image points; in a functional model a layer
+        (`WeakPerspective`), since plain ops cannot take symbolic tensors.
+    Returns (same tensor kind as the parts):
+      cam, pose, shape, expression (the parts); vertices [B, V, 3]; landmarks3d [B, 68, 3];
+      landmarks2d [B, 68, 2] normalised image coordinates (y up); now_landmarks [B, 7, 3].
+    """
+    spec = ParamSpec(flame.num_shape, flame.num_expression)
+    parts = params if isinstance(params, Mapping) else spec.split(params)
+    out = flame(parts["shape"], parts["expression"], parts["pose"])
+    return {**{name: parts[name] for name in spec.sizes},
+            "vertices": out["vertices"], "landmarks3d": out["landmarks"],
+            "landmarks2d": project(out["landmarks"], parts["cam"]), "now_landmarks": out["now_landmarks"]}
+
+
+def neutral(flame: FlameLayer, shape: Any) -> dict[str, tf.Tensor]:
+    """FLAME(shape, 0, 0), the neutral mesh NoW evaluates: shape [B, S] float32 ->
+    vertices [B, V, 3], now_landmarks [B, 7, 3]. Any batch size, also inside a traced function."""
+    shape = tf.cast(shape, tf.float32)
+    batch = tf.shape(shape)[0]
+    out = flame(shape, tf.zeros([batch, flame.num_expression]), tf.zeros([batch, C.RINGNET_POSE_DIM]))
+    return {"vertices": out["vertices"], "now_landmarks": out["now_landmarks"]}
 
 
 def _mean_camera_landmarks(flame: FlameLayer, config: ModelConfig) -> np.ndarray:
     """[68, 3] the mean face's landmarks (all parameters zero) seen by the mean camera, normalised."""
     spec = config.spec
-    zeros = [np.zeros((1, n), np.float32) for n in (spec.num_shape, spec.num_expression, 6)]
+    zeros = [np.zeros((1, n), np.float32) for n in (spec.num_shape, spec.num_expression, C.RINGNET_POSE_DIM)]
     lms = keras.ops.convert_to_numpy(flame(*zeros)["landmarks"])[0]
     cam = config.mean_params()[spec.slices()["cam"]]
     return camera.to_camera_frame(lms.astype(np.float32), cam.astype(np.float32))

@@ -90,7 +90,10 @@ def plot(run_dirs: str | Path | list[str | Path], out: str | Path) -> Path:
     return atomic_write(out, lambda f: f.write(buf.getvalue()))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    from ringnet_tf.cli import EXIT_OK, fail, quiet_tensorflow
+
+    quiet_tensorflow()  # read_scalars imports TensorFlow
     p = argparse.ArgumentParser(prog="python -m ringnet_tf.plot_run", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path, nargs="+",
                    help="a train.py --out directory; several: consecutive stages (--init_from)")
@@ -99,9 +102,8 @@ def main(argv=None) -> int:
     try:
         print(f"wrote {plot(args.run_dir, args.out)}")
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return fail(str(e))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """The one image preprocessing of the project, shared by data preparation, training, demo and export.
 
-Two steps:
-1. Crop: a square box around the face (from 68 landmarks or a detector's box), enlarged by
-   `CROP_SCALE` so the whole head and some background fit ("loosely cropped"), resampled to a
-   square image. Points (landmarks) go through the same affine map as the pixels.
-2. Normalise: uint8 RGB -> float32 in [-1, 1] (`2 * (x / 255 - 0.5)`, as RingNet).
+Steps:
+0. Read: any image file as uint8 RGB, EXIF orientation applied (`read_image`).
+1. Crop: a square box around the face (from its 68 landmarks), enlarged by `CROP_SCALE` so the
+   whole head and some background fit ("loosely cropped"), resampled to a square image (`crop`).
+   Points (landmarks) go through the same affine map as the pixels (`transform_points`).
+   The SavedModel's signatures take crops of any size and resample them in its graph
+   (`resize_to_input`); their landmarks go back with `resize_points`.
+2. Normalise: uint8 RGB -> float32 in [-1, 1] (`2 * (x / 255 - 0.5)`, as RingNet; `normalise`).
 
 Without a face box, `centre_box` + `crop` reproduce the original RingNet demo's preprocessing
 exactly (RingNet's util/image.py, after HMR): scale the longer side to the crop size, pad by edge
@@ -21,9 +24,6 @@ import numpy as np
 
 # Box side relative to the landmarks' extent (max of width and height of their bounding box).
 CROP_SCALE = 1.6
-# A detector's box (dlib HOG: brows to chin, ear to ear) is tighter than the 68 landmarks' extent
-# plus forehead; this factor maps its side to the same loose crop.
-DETECTOR_BOX_SCALE = 1.8
 # The box centre sits this fraction of the side above the landmarks' centre, to keep the forehead.
 CENTRE_SHIFT_UP = 0.1
 
@@ -126,15 +126,6 @@ def box_from_landmarks(landmarks: np.ndarray, scale: float = CROP_SCALE) -> Box:
     return Box(float(cx), float(cy - CENTRE_SHIFT_UP * size), size)
 
 
-def box_from_detection(left: float, top: float, right: float, bottom: float,
-                       scale: float = DETECTOR_BOX_SCALE) -> Box:
-    """Loose square box from a face detector's rectangle (pixels)."""
-    size = scale * max(right - left, bottom - top)
-    if size <= 0:
-        raise ValueError(f"empty detection box: {(left, top, right, bottom)}")
-    return Box((left + right) / 2, (top + bottom) / 2 - CENTRE_SHIFT_UP * size, float(size))
-
-
 @dataclasses.dataclass(frozen=True)
 class CentreBox(Box):
     """The original RingNet demo's crop of a whole `height` x `width` image, for any crop size n.
@@ -227,6 +218,25 @@ def transform_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     pts = np.asarray(points, np.float64)
     xy = pts[..., :2] @ affine[:, :2].T + affine[:, 2]
     return np.concatenate([xy, pts[..., 2:]], axis=-1)
+
+
+def resize_to_input(images, size: int):
+    """[B, H, W, 3] float TF tensor -> [B, size, size, 3]: a crop of any size resampled to the
+    network's input inside a TF graph (the SavedModel's signatures), antialiased bilinear.
+
+    Not `crop`: that one runs OpenCV on the photo, outside any graph; this one receives crops
+    already made (by whatever the client uses) and must stay a TF op to be exported.
+    """
+    import tensorflow as tf
+
+    return tf.image.resize(images, [size, size], method="bilinear", antialias=True)
+
+
+def resize_points(points, from_wh, to_wh):
+    """Pixel coordinates [..., 2] of an image resized from `from_wh` to `to_wh` (scalars for a
+    square, or [2] width, height): a scale per axis about the image's edge, pixel centres at whole
+    numbers on both sides. NumPy arrays or TF tensors."""
+    return (points + 0.5) * to_wh / from_wh - 0.5
 
 
 def normalise(image):

@@ -1,5 +1,5 @@
-"""The one progress reporter of long loops (data preparation, the demo, video): a tqdm bar when
-tqdm is installed and the stream is a terminal, else a plain line every few seconds."""
+"""The one progress reporter of long loops (data preparation, synthetic data, the demo, video): a
+tqdm bar when tqdm is installed and the stream is a terminal, else a plain line every few seconds."""
 from __future__ import annotations
 
 import sys

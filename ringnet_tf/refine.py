@@ -52,8 +52,10 @@ from flame import constants as C
 from flame import lbs
 from flame.layer import FlameLayer
 from ringnet_tf import camera
-from ringnet_tf.losses import ROBUST_KINDS, robust_penalty
+from ringnet_tf.losses import ROBUST_KINDS, robust_landmark_loss
 from ringnet_tf.params import NUM_CAM, ParamSpec
+
+POSE_END = NUM_CAM + C.RINGNET_POSE_DIM  # the image variables: cam, pose, then expression
 
 # Defaults chosen by measurement on a synthetic validation set (seed 7, 40 identities x 8, the
 # bundled checkpoint's predictions as starts): median 3D error in mm with exact / noise-model
@@ -231,13 +233,16 @@ class _Fitter:
         """The objective's pieces. y [N, 9+E] image variables in natural units (times scale_img
         gives cam, pose, expression); z [N, S] group shapes; target [N, 68, 3] normalised;
         face [N]; gid [N] group slot per image; nxt [N] next image of the group; has_next [N].
-        Returns sq [N, 68] squared landmark distances (face sizes), expression prior [N],
-        smoothness [N], shape prior per slot [N]."""
+        Returns pred [N, 68, 2] projected landmarks (normalised), sq [N, 68] their squared
+        distances to the targets (face sizes), expression prior [N], smoothness [N], shape prior
+        per slot [N]."""
         x = y * scale_img
-        cam, pose, expr = x[:, :NUM_CAM], x[:, NUM_CAM:NUM_CAM + 6], x[:, NUM_CAM + 6:]
+        cam, pose, expr = x[:, :NUM_CAM], x[:, NUM_CAM:POSE_END], x[:, POSE_END:]
         shape = tf.gather(z, gid)
         pred = camera.project_normalised(self.decoder(shape, expr, pose), cam)
+        # For the anneal's median and the error report (the loss, losses.py's, takes pred).
         sq = tf.reduce_sum(tf.square(pred - target[..., :2]), -1) / tf.square(face)[:, None]
+        # Priors per image (per group), not losses.l2_prior: that one averages over the batch.
         expr_prior = 0.5 * hyper["expression_prior"] * tf.reduce_sum(tf.square(expr), -1)
         # Temporal smoothness: differences to the next image of the group in the optimiser's
         # units (relative scale / UNIT_SCALE, image shift s t / UNIT_SHIFT, rotations / UNIT_POSE,
@@ -250,7 +255,7 @@ class _Fitter:
         diff = tf.concat([rel_s[:, None] / UNIT_SCALE, q[:, 1:] - qn[:, 1:]], -1)
         smooth = hyper["smooth"] * has_next * tf.reduce_sum(tf.square(diff), -1)
         shape_prior = 0.5 * hyper["shape_prior"] * tf.reduce_sum(tf.square(z), -1)
-        return sq, expr_prior, smooth, shape_prior
+        return pred, sq, expr_prior, smooth, shape_prior
 
     def _loop(self, y, z, target, face, gid, nxt, has_next, scale_img, real, slot_used, hyper,
               max_steps, window: int, kind: str):
@@ -258,8 +263,10 @@ class _Fitter:
         c_final = hyper["robust_scale"]
         w = target[..., 2]
 
-        def data(sq, c):
-            return tf.reduce_sum(w * robust_penalty(sq, c, kind), -1) / tf.square(hyper["sigma"])
+        def data(pred, c):
+            """[N] E_i's landmark term: the sum over the landmarks (the loss is their mean)."""
+            return (C.NUM_LANDMARKS * robust_landmark_loss(pred, target, c, kind, face_size=face)
+                    / tf.square(hyper["sigma"]))
 
         def slots_of(per_image, prior):
             return tf.math.unsorted_segment_sum(per_image * real, gid, n) + prior * slot_used
@@ -277,9 +284,9 @@ class _Fitter:
             return tf.clip_by_value(ANNEAL_ADAPT * med, c_final, cap)[:, None]
 
         def report(y, z):
-            sq, expr_prior, smooth, prior = self.terms(y, z, target, face, gid, nxt, has_next,
-                                                       scale_img, hyper)
-            fit = data(sq, c_final) + expr_prior
+            pred, sq, expr_prior, smooth, prior = self.terms(y, z, target, face, gid, nxt, has_next,
+                                                             scale_img, hyper)
+            fit = data(pred, c_final) + expr_prior
             members = tf.math.unsorted_segment_sum(real, gid, n)
             share = tf.gather(prior / tf.maximum(members, 1.0), gid)
             error = tf.reduce_sum(w * tf.sqrt(sq + 1e-12), -1) / tf.maximum(tf.reduce_sum(w, -1), 1e-6)
@@ -292,13 +299,13 @@ class _Fitter:
                  best_z):
             with tf.GradientTape() as tape:
                 tape.watch([y, z])
-                sq, expr_prior, smooth, prior = self.terms(y, z, target, face, gid, nxt, has_next,
-                                                           scale_img, hyper)
+                pred, sq, expr_prior, smooth, prior = self.terms(y, z, target, face, gid, nxt,
+                                                                 has_next, scale_img, hyper)
                 rest = expr_prior + smooth
                 c = adaptive_scale(sq, t)
-                total = tf.reduce_sum(slots_of(data(sq, c) + rest, prior))
+                total = tf.reduce_sum(slots_of(data(pred, c) + rest, prior))
             gy, gz = tape.gradient(total, [y, z])
-            final = slots_of(data(sq, c_final) + rest, prior)
+            final = slots_of(data(pred, c_final) + rest, prior)
             # Keep each group's best point so far under the final objective (Adam is not monotone,
             # and the adapted scale is not the final one).
             better = final < best
@@ -336,9 +343,7 @@ class _Fitter:
             # throw it away.
             lr = hyper["learning_rate"] * tf.minimum(step / WARMUP_STEPS, 1.0) * lr_scale
 
-            # Hand-written Adam: per-group learning rates, freezing and a fresh state per call
-            # inside one XLA while_loop (a Keras optimizer holds variables of one fixed shape
-            # across calls and one learning rate).
+            # Own Adam, not keras.optimizers.Adam: per-group rates and freezing inside one XLA while_loop.
             def adam(p, g, m, v, act, rate):
                 m2 = b1 * m + (1 - b1) * g
                 v2 = b2 * v + (1 - b2) * g * g
@@ -390,7 +395,7 @@ class _Fitter:
         scale_img = np.ones_like(img)
         scale_img[:, 0] = UNIT_SCALE * s0
         scale_img[:, 1:NUM_CAM] = (UNIT_SHIFT / s0)[:, None]
-        scale_img[:, NUM_CAM:NUM_CAM + 6] = UNIT_POSE
+        scale_img[:, NUM_CAM:POSE_END] = UNIT_POSE
         pad = n - b
         scale_img = np.concatenate([scale_img, np.ones((pad, img.shape[1]), np.float32)])
         y = np.concatenate([img, np.zeros((pad, img.shape[1]), np.float32)]) / scale_img
@@ -414,8 +419,8 @@ class _Fitter:
         out = {k: v.numpy() for k, v in out.items()}
         x = (out["y"] * scale_img)[:b]
         shape = out["z"][gid[:b]]
-        params = spec.join({"cam": x[:, :NUM_CAM], "pose": x[:, NUM_CAM:NUM_CAM + 6],
-                            "shape": shape, "expression": x[:, NUM_CAM + 6:]}, np.concatenate)
+        params = spec.join({"cam": x[:, :NUM_CAM], "pose": x[:, NUM_CAM:POSE_END],
+                            "shape": shape, "expression": x[:, POSE_END:]}, np.concatenate)
         return {"params": params.astype(np.float32), "before": out["before"][:b],
                 "after": out["after"][:b], "err_before": out["err_before"][:b],
                 "err_after": out["err_after"][:b], "fit_after": out["fit_after"][:b],

@@ -36,6 +36,7 @@ from flame.fileutil import write_all
 from flame.uv import load_uv  # noqa: F401  (re-exported: the demo's one import for textures)
 from ringnet_tf import render
 from ringnet_tf.camera import project
+from ringnet_tf.render import checks
 
 __all__ = ["load_uv", "uv_raster", "project_texture", "textured_obj_files", "write_textured_obj",
            "sample_texture"]
@@ -237,11 +238,11 @@ def project_texture(photo_rgb: np.ndarray, vertices: np.ndarray, faces: np.ndarr
       ValueError: a malformed argument, named.
     """
     photo = _check_photo(photo_rgb)
-    v = render._check_vertices(vertices)
-    faces = render._check_faces(faces, len(v))
-    cam = render._check_cam(cam)
-    crop_size = render._check_size(crop_size)
-    size = render._check_size(tex_size)
+    v = checks.check_vertices(vertices)
+    faces = checks.check_faces(faces, len(v))
+    cam = checks.check_cam(cam)
+    crop_size = checks.check_size(crop_size)
+    size = checks.check_size(tex_size)
     vt, ft = _check_uv(vt, ft, len(faces))
     if not np.isfinite(float(box.size)) or float(box.size) <= 0:
         raise ValueError(f"box must have a positive size; got {box!r}")
@@ -252,8 +253,8 @@ def project_texture(photo_rgb: np.ndarray, vertices: np.ndarray, faces: np.ndarr
     if fill is not None and (np.shape(fill) != (3,) or not np.all((np.asarray(fill, float) >= 0)
                                                               & (np.asarray(fill, float) <= 255))):
         raise ValueError(f"fill must be None or 3 numbers in 0..255; got {fill!r}")
-    vis_size = None if vis_size is None else render._check_size(vis_size)
-    silhouette_margin = render._check_nonneg("silhouette_margin", silhouette_margin)
+    vis_size = None if vis_size is None else checks.check_size(vis_size)
+    silhouette_margin = checks.check_nonneg("silhouette_margin", silhouette_margin)
     face_of, bary = uv_raster(vt, ft, size)
     rows, cols = np.nonzero(face_of >= 0)
     f = face_of[rows, cols].astype(np.int64)

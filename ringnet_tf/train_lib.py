@@ -422,13 +422,13 @@ def restore_newest_readable(net: keras.Model, optimizer: keras.optimizers.Optimi
 
 def _without_pose_head(net: keras.Model) -> list:
     """The network's stored weights in order, less those of the pose guidance head (if any)."""
-    from ringnet_tf.inference import _stored_weights
+    from ringnet_tf.inference import stored_weights
 
     try:
         head = {id(w) for w in net.get_layer("pose_head").weights}
     except ValueError:
         head = set()
-    return [w for w in _stored_weights(net) if id(w) not in head]
+    return [w for w in stored_weights(net) if id(w) not in head]
 
 
 def warm_start(net: keras.Model, source: str, model: ModelConfig, flame_model: str | None) -> None:

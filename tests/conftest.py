@@ -111,6 +111,70 @@ def make_tiny_checkpoint(root, config):
     root = Path(root)
     model = make_tiny_model()
     save_flame_files(model, root / "flame")
+    import keras
+
+    keras.utils.set_random_seed(0)  # the same untrained network whatever ran before (test order, xdist)
     net = build_ringnet(model, config)
     save_compact(net, config.__dict__, model.fingerprint(), root / "ckpt")
     return net
+
+
+def check_demo_outputs(mesh, model: FlameModel, image_size: int) -> dict:
+    """demo.py's outputs for one image (`mesh` and its <stem>.npz from --params; <stem>_neutral
+    too if written) against a decoding independent of the demo's: the .npz parameters through a
+    fresh FlameLayer give the mesh's vertices (and FLAME(shape, 0, 0) the neutral mesh), and
+    through the camera and the inverted crop box the 68 landmarks written (photo pixels).
+    Returns the .npz's arrays."""
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    from flame.layer import FlameLayer
+    from flame.mesh_io import read_mesh
+    from ringnet_tf import camera
+
+    mesh = Path(mesh)
+    vertices, faces = read_mesh(mesh)
+    assert vertices.shape == (model.num_vertices, 3)
+    np.testing.assert_array_equal(faces, model.faces)
+    p = dict(np.load(mesh.with_suffix(".npz")))
+    assert p["cam"].shape == (3,) and p["pose"].shape == (6,) and p["flame_pose"].shape == (15,)
+    assert p["landmarks2d"].shape == (68, 2) and p["now_landmarks"].shape == (7, 3)
+    layer = FlameLayer(model, len(p["shape"]), len(p["expression"]))
+    out = layer(tf.constant(p["shape"][None]), tf.constant(p["expression"][None]), tf.constant(p["pose"][None]))
+    np.testing.assert_allclose(out["vertices"][0].numpy(), vertices, atol=2e-6)
+    crop_px = camera.project(out["landmarks"][0].numpy().astype(np.float64), p["cam"].astype(np.float64),
+                             image_size)
+    # The box's centre is the crop's centre, (size - 1) / 2, and `side` photo pixels span the crop.
+    cx, cy, side = p["crop_box"].astype(np.float64)
+    np.testing.assert_allclose(p["landmarks2d"], (crop_px - (image_size - 1) / 2) * side / image_size + [cx, cy],
+                               atol=1e-3)
+    neutral_path = mesh.with_name(mesh.stem + "_neutral" + mesh.suffix)
+    if neutral_path.exists():
+        zero = layer(tf.constant(p["shape"][None]), tf.zeros((1, layer.num_expression)),
+                     tf.zeros((1, C.RINGNET_POSE_DIM)))
+        np.testing.assert_allclose(read_mesh(neutral_path)[0], zero["vertices"][0].numpy(), atol=2e-6)
+    return p
+
+
+# The tiny network of the demo and export tests: it builds, exports and runs in seconds.
+TINY_DEMO_CONFIG = {"image_size": 64, "backbone": "tiny", "num_shape": 10, "num_expression": 5}
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_root(tmp_path_factory):
+    """Built once per session and only read by its users: a tiny head model (flame/) and an
+    untrained network of TINY_DEMO_CONFIG as a compact checkpoint (ckpt/), a run directory (run/:
+    ringnet.keras and config.json) and a SavedModel (sm/)."""
+    import shutil
+
+    from ringnet_tf.export import export_saved_model
+    from ringnet_tf.model import ModelConfig
+
+    root = tmp_path_factory.mktemp("tiny_demo")
+    net = make_tiny_checkpoint(root, ModelConfig(**TINY_DEMO_CONFIG))
+    export_saved_model(net, root / "sm")
+    (root / "run").mkdir()
+    net.save(root / "run" / "ringnet.keras")
+    shutil.copy(root / "ckpt" / "config.json", root / "run" / "config.json")
+    return root

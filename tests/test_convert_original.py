@@ -247,7 +247,7 @@ def _refused(args: list[str], capsys) -> str:
     code = CO.main(args)
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
-    assert code == 1 and len(errors) == 1, captured.err
+    assert code == 2 and len(errors) == 1, captured.err
     return errors[0]
 
 
@@ -313,7 +313,7 @@ def test_the_command_line_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ringnet_tf.convert_original", "--ckpt", str(tmp_path / "x"),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True,
                           cwd=Path(__file__).parents[1], timeout=300)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         f"error: {tmp_path / 'x'}.index: no such file; --ckpt takes a checkpoint prefix (the name before "
         f".index / .meta / .data-*, e.g. DIR/ring_6_68641)"]

@@ -1,9 +1,11 @@
 """The dataset format: manifest and TFRecord forms hold the same data and round-trip exactly."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
-import cv2
 
 from ringnet_tf.data import dataset as D
 
@@ -67,6 +69,34 @@ def test_tfrecords_refuse_to_overwrite(tmp_path):
     D.write_tfrecords(tmp_path)
     with pytest.raises(D.DatasetError, match="already holds TFRecord shards"):
         D.write_tfrecords(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not ours")
+    with pytest.raises(D.DatasetError, match="not an empty folder"):
+        D.write_tfrecords(tmp_path, tmp_path / "other")
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
+
+
+def test_tfrecords_appear_whole_or_not_at_all(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    _make_dataset(src)
+    real = Path.read_bytes
+    reads = []
+
+    def failing_read(path):  # the third image cannot be read: the run stops half-way
+        reads.append(path)
+        if len(reads) == 3:
+            raise OSError("input/output error")
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read)
+    with pytest.raises(OSError, match="input/output error"):
+        D.write_tfrecords(src, tmp_path / "tfr", num_shards=2)
+    monkeypatch.setattr(Path, "read_bytes", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no folder, no staging left
+    tfr = D.write_tfrecords(src, tmp_path / "tfr", num_shards=2)  # and the next run succeeds
+    assert len(D.tfrecord_files(tfr)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "tfr"]
 
 
 @pytest.mark.parametrize("mutate,message", [

@@ -19,23 +19,17 @@ import export
 from flame.io import load_flame
 from flame.mesh_io import read_mesh
 from ringnet_tf import camera, demo_lib, preprocess
-from ringnet_tf.export import export_saved_model
 from ringnet_tf.model import ModelConfig
-from tests.conftest import make_tiny_checkpoint
+from tests.conftest import TINY_DEMO_CONFIG
 
 PHOTO = Path(__file__).parent / "data" / "astronaut.jpg"
-CONFIG = ModelConfig(image_size=64, backbone="tiny", num_shape=10, num_expression=5)
+CONFIG = ModelConfig(**TINY_DEMO_CONFIG)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("robust")
-    net = make_tiny_checkpoint(root, CONFIG)
-    export_saved_model(net, root / "sm")
-    (root / "run").mkdir()
-    net.save(root / "run" / "ringnet.keras")
-    shutil.copy(root / "ckpt" / "config.json", root / "run" / "config.json")
-    return root
+def setup(tiny_demo_root):
+    """Read only: flame/, ckpt/, run/ (ringnet.keras) and sm/ (conftest.tiny_demo_root)."""
+    return tiny_demo_root
 
 
 def _run(setup, *args, checkpoint=None):
@@ -79,6 +73,35 @@ def test_same_stem_inputs_get_distinct_outputs(setup, tmp_path, capsys):
     assert _run(setup, "--img", str(folder), "--out", str(out), "--neutral", "--params") == 1
     assert capsys.readouterr().err.count("exists (pass --force") == 4
     assert {p: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_glob_takes_its_matches_only_named_from_their_common_folder(setup, tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg", "sub/c.jpg", "d.png"):
+        shutil.copy(PHOTO, folder / name)
+    out = tmp_path / "out"
+    assert _run(setup, "--img", str(folder / "*.jpg"), "--out", str(out)) == 0
+    assert "2 image(s) written, 0 failed" in capsys.readouterr().out
+    assert _files(out) == ["a.obj", "b.obj"]
+
+
+def test_no_detect_regresses_ringnets_centre_crop(setup, tmp_path):
+    out = tmp_path / "m.obj"
+    assert _run(setup, "--img", str(PHOTO), "--out", str(out), "--params") == 0
+    p = np.load(tmp_path / "m.npz")
+    assert "detected_landmarks" not in p.files
+    np.testing.assert_allclose(p["crop_box"], [127.5, 127.5, 256.0])  # the whole photo, centred
+    # RingNet's crop of a square 256 px photo is a plain bilinear resize to the input size.
+    rgb = preprocess.read_image(PHOTO)
+    assert rgb.shape == (256, 256, 3)
+    import cv2
+    from ringnet_tf.inference import load_predictor
+
+    predictor = load_predictor(setup / "ckpt", str(setup / "flame"))
+    want = predictor.predict(cv2.resize(rgb, (CONFIG.image_size,) * 2)[None])
+    np.testing.assert_allclose(read_mesh(out)[0], want["vertices"][0], atol=1e-5)
+    np.testing.assert_allclose(p["shape"], want["shape"][0], atol=1e-5)
 
 
 def test_plan_outputs_reports_an_unresolvable_collision(tmp_path):

@@ -12,21 +12,25 @@ import pytest
 
 import demo
 from flame.mesh_io import read_mesh
-from ringnet_tf.model import ModelConfig
-from tests.conftest import make_tiny_checkpoint
+from ringnet_tf import preprocess
 
 PHOTO = Path(__file__).parent / "data" / "astronaut.jpg"
-CONFIG = ModelConfig(image_size=64, backbone="tiny", num_shape=10, num_expression=5)
 BLANK = range(8, 12)  # frames of the test clip that show no face
 
 
+def _photo_bgr() -> np.ndarray:
+    """The bundled photo as OpenCV writes it (BGR), read by the project's one reader."""
+    return cv2.cvtColor(preprocess.read_image(PHOTO), cv2.COLOR_RGB2BGR)
+
+
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_demo_root):
     pytest.importorskip("dlib")
     root = tmp_path_factory.mktemp("video")
-    make_tiny_checkpoint(root, CONFIG)
+    for name in ("ckpt", "flame"):  # the session's tiny network (conftest.tiny_demo_root)
+        (root / name).symlink_to(tiny_demo_root / name)
     # A 20-frame clip: the photo sliding across a dark frame, with four blank frames.
-    photo = cv2.imread(str(PHOTO))
+    photo = _photo_bgr()
     writer = cv2.VideoWriter(str(root / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (360, 280))
     for i in range(20):
         frame = np.full((280, 360, 3), 30, np.uint8)
@@ -104,7 +108,7 @@ def test_clip_without_any_face_is_a_one_line_error(setup, tmp_path, capsys):
 def test_same_person_folder(setup, tmp_path, capsys):
     photos = tmp_path / "alice"
     photos.mkdir()
-    rgb = cv2.imread(str(PHOTO))
+    rgb = _photo_bgr()
     for i, angle in enumerate((-6, 3, 6)):
         m = cv2.getRotationMatrix2D((128, 128), angle, 1.0)
         cv2.imwrite(str(photos / f"p{i}.jpg"), cv2.warpAffine(rgb, m, (256, 256), borderMode=cv2.BORDER_REPLICATE))
@@ -127,7 +131,7 @@ def test_group_by_folder(setup, tmp_path):
     for name in ("a", "b"):
         (root / name).mkdir(parents=True)
         shutil.copy(PHOTO, root / name / "1.jpg")
-        cv2.imwrite(str(root / name / "2.jpg"), cv2.imread(str(PHOTO))[:, ::-1])
+        cv2.imwrite(str(root / name / "2.jpg"), _photo_bgr()[:, ::-1])
     out = tmp_path / "out"
     assert demo.main(["--img", str(root), "--out", str(out), "--group_by_folder", "--params"]) == 0
     for name in ("a", "b"):

@@ -110,6 +110,7 @@ class Workers:
             self.kill()
 
     def kill(self) -> None:
+        """Ends every worker still running (a test that failed half-way leaves none behind)."""
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
@@ -143,10 +144,13 @@ def root(tmp_path_factory):
 def two_and_one(root):
     """The same 2 steps on two workers and on one (global batch 4 rings of 4 images)."""
     two = Workers(root, root / "two", "two", "--num_steps", "2", "--checkpoint_every", "1")
-    one = subprocess.run([sys.executable, *_flags(root, root / "one", "--num_steps", "2", "--checkpoint_every", "1",
-                                                   "--distribute", "none")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
-    codes = two.wait()
+    try:
+        one = subprocess.run([sys.executable, *_flags(root, root / "one", "--num_steps", "2",
+                                                       "--checkpoint_every", "1", "--distribute", "none")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+        codes = two.wait()
+    finally:
+        two.kill()
     return two, codes, one
 
 

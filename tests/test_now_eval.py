@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import trimesh
 
-from ringnet_tf.evaluate import geometry as G
+from flame import mesh_io
 from flame.mesh_io import write_mesh
-from ringnet_tf.evaluate import meshio, now, pickpoints
+from ringnet_tf.evaluate import geometry as G
+from ringnet_tf.evaluate import landmark_files, now, pickpoints
 from ringnet_tf.evaluate.__main__ import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,18 +352,18 @@ def test_read_obj_formats_and_errors(tmp_path):
     path = tmp_path / "m.obj"
     path.write_text("# comment\nmtllib x.mtl\nv 0 0 0\nv 1 0 0 0.5 0.5 0.5\nv 1 1 0\nv 0 1 0\n"
                     "vt 0 0\nvn 0 0 1\ng face\nf 1/1/1 2/1/1 3/1/1 4/1/1\nf -4//1 -2//1 -1//1\n")
-    vertices, faces = meshio.read_obj(path)
+    vertices, faces = mesh_io.read_obj(path)
     assert vertices.shape == (4, 3)
     np.testing.assert_array_equal(faces, [[0, 1, 2], [0, 2, 3], [0, 2, 3]])
     path.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1/1/1 2/2/2 3/3/3\nf -1//1 -4//1 -2//1\n")
-    np.testing.assert_array_equal(meshio.read_obj(path)[1], [[0, 1, 2], [3, 0, 2]])  # all triangles
+    np.testing.assert_array_equal(mesh_io.read_obj(path)[1], [[0, 1, 2], [3, 0, 2]])  # all triangles
     for text, message in [("v 0 0 0\nv 1 x 0\n", ":2: malformed vertex"),
                           ("v 0 0 0\nf 1 2 3\n", "out of range"),
                           ("not an obj\n", "no vertex"),
                           ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2\n", "fewer than 3")]:
         path.write_text(text)
-        with pytest.raises(meshio.MeshReadError, match=message) as err:
-            meshio.read_mesh(path)
+        with pytest.raises(mesh_io.MeshReadError, match=message) as err:
+            mesh_io.read_mesh(path)
         assert str(err.value).startswith(str(path))
 
 
@@ -370,12 +371,12 @@ def test_read_ply_mesh(tmp_path):
     mesh = trimesh.creation.icosphere(subdivisions=1)
     path = tmp_path / "m.ply"
     mesh.export(path)
-    vertices, faces = meshio.read_mesh(path)
+    vertices, faces = mesh_io.read_mesh(path)
     np.testing.assert_allclose(vertices, mesh.vertices, atol=1e-6)  # PLY stores float32
     np.testing.assert_array_equal(faces, mesh.faces)
     path.write_bytes(b"ply\nformat nonsense\n")
-    with pytest.raises(meshio.MeshReadError, match="cannot read PLY"):
-        meshio.read_mesh(path)
+    with pytest.raises(mesh_io.MeshReadError, match="cannot read PLY"):
+        mesh_io.read_mesh(path)
 
 
 def test_load_scan_crops_converts_and_warns_on_inactive_landmarks(tmp_path):
@@ -394,16 +395,35 @@ def test_load_scan_crops_converts_and_warns_on_inactive_landmarks(tmp_path):
 def test_read_landmarks_shapes(tmp_path):
     lmk = np.arange(21, dtype=float).reshape(7, 3)
     np.save(tmp_path / "a.npy", lmk[None])
-    np.testing.assert_array_equal(meshio.read_landmarks(tmp_path / "a.npy", 7), lmk)
+    np.testing.assert_array_equal(landmark_files.read_landmarks(tmp_path / "a.npy", 7), lmk)
     (tmp_path / "b.txt").write_text("\n".join(" ".join(map(str, row)) for row in lmk) + "\n")
-    np.testing.assert_array_equal(meshio.read_landmarks(tmp_path / "b.txt", 7), lmk)
+    np.testing.assert_array_equal(landmark_files.read_landmarks(tmp_path / "b.txt", 7), lmk)
     np.save(tmp_path / "c.npy", lmk[:6])
-    with pytest.raises(meshio.MeshReadError, match=r"shape \(6, 3\)"):
-        meshio.read_landmarks(tmp_path / "c.npy", 7)
+    with pytest.raises(mesh_io.MeshReadError, match=r"shape \(6, 3\)"):
+        landmark_files.read_landmarks(tmp_path / "c.npy", 7)
 
 
 # ----------------------------------------------------------------------------------------------
 # The metric
+
+
+def test_error_curve_png_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    pytest.importorskip("matplotlib")
+    # In a fresh process: the backend is process-wide state, which this test must not change.
+    script = (
+        "import matplotlib, sys\n"
+        "matplotlib.use('pdf')\n"
+        "from ringnet_tf.evaluate import plot\n"
+        "t, p = plot.cumulative_curve([0.5, 1.0, 2.0, 9.0])\n"
+        "plot.plot_cumulative_curve(sys.argv[1], t, p, 'label')\n"
+        "print(matplotlib.get_backend())\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "curve.png"
+    done = subprocess.run([sys.executable, "-c", script, str(out)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "pdf"
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_metric_is_zero_for_the_scan_itself_in_metres():
@@ -485,7 +505,7 @@ def test_cli_end_to_end_with_a_missing_prediction(tmp_path):
     assert curve[0, 0] == 0.0 and curve[-1, 0] == 8.0 and np.all(np.diff(curve[:, 1]) >= 0)
     # A second run refuses to overwrite, unless forced.
     again = _run_cli("now", "--pred", str(pred), "--gt", str(gt), "--quiet")
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.returncode == 2 and "already exists" in again.stderr
     (out / "old_marker.txt").write_text("from the first run")
     forced = _run_cli("now", "--pred", str(pred), "--gt", str(gt), "--quiet", "--force")
     assert forced.returncode == 0, forced.stderr
@@ -518,7 +538,7 @@ def test_scan_unit_flag(tmp_path):
     in_mm = run("mm", tmp_path / "out_mm")
     # The same scan and landmarks written in metres, read with --scan-unit m.
     scan_obj = next((gt / "scans" / subject).glob("*.obj"))
-    v, f = meshio.read_obj(scan_obj)
+    v, f = mesh_io.read_obj(scan_obj)
     write_mesh(scan_obj, v / 1000.0, f, digits=12)
     pp = next((gt / "scans_lmks_onlypp" / subject).glob("*.pp"))
     pickpoints.write_pickpoints(pp, pickpoints.pickpoints_array(pickpoints.read_pickpoints(pp)) / 1000.0)
@@ -533,7 +553,7 @@ def test_cli_bad_input_corrupt_obj(tmp_path):
     broken = pred / "FaMoS_180427_03338_TA" / "multiview_neutral" / "IMG_0101.obj"
     broken.write_text("v 0 0 0\nv 1 0 0\nv 0 1 garbage\nf 1 2 3\n")
     done = _run_cli("now", "--pred", str(pred), "--gt", str(gt))
-    assert done.returncode == 1
+    assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(broken) in errors[0], done.stderr
     assert not (pred / "now_eval").exists()
@@ -544,13 +564,13 @@ def test_cli_bad_input_scan_and_list(tmp_path, capsys):
     gt, pred = _make_now_layout(tmp_path)
     scan = next((gt / "scans" / "FaMoS_180424_03335_TA").glob("*.obj"))
     scan.write_text("this is not a mesh\n")
-    assert cli_main(["now", "--pred", str(pred), "--gt", str(gt), "--quiet"]) == 1
+    assert cli_main(["now", "--pred", str(pred), "--gt", str(gt), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(scan) in err and "\n" not in err
     assert not (pred / "now_eval").exists()
     bad_list = tmp_path / "list.txt"
     bad_list.write_text("just_a_name.jpg\n")
-    assert cli_main(["now", "--pred", str(pred), "--gt", str(gt), "--images", str(bad_list)]) == 1
+    assert cli_main(["now", "--pred", str(pred), "--gt", str(gt), "--images", str(bad_list)]) == 2
     assert f"{bad_list}:1:" in capsys.readouterr().err
 
 
@@ -558,7 +578,7 @@ def test_cli_all_missing_is_an_error(tmp_path, capsys):
     gt, _ = _make_now_layout(tmp_path)
     empty = tmp_path / "empty_pred"
     empty.mkdir()
-    assert cli_main(["now", "--pred", str(empty), "--gt", str(gt), "--quiet"]) == 1
+    assert cli_main(["now", "--pred", str(empty), "--gt", str(gt), "--quiet"]) == 2
     assert "none of the 4 listed predictions exists" in capsys.readouterr().err
     assert list(empty.iterdir()) == []
 
@@ -583,7 +603,7 @@ def test_image_list_paths_never_leave_out(tmp_path, capsys, line):
     victim.write_bytes(b"precious")
     out = tmp_path / "res"
     assert cli_main(["now", "--pred", str(pred), "--gt", str(gt), "--images", str(listing),
-                     "--out", str(out), "--quiet"]) == 1
+                     "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and f"{listing}:2:" in err and "\n" not in err
     assert victim.read_bytes() == b"precious" and not out.exists()

@@ -1,16 +1,17 @@
-"""Tests of the open head (flame/openhead.py): a FLAME-format head model generated from code.
+"""Tests of the open head (flame/openhead/): a FLAME-format head model generated from code.
 
 They check behaviour against independent truth: FLAME's file layout read with plain pickle, the
-smplx reference layer (when installed), a small NumPy linear blend skinning written here, and
-anatomy (where landmarks and joints must be). The model is built once per module (a few seconds).
+smplx reference layer (when installed), the plain NumPy forward pass of tests/flame_reference.py,
+and anatomy (where landmarks and joints must be). The model is built once per module (a few
+seconds).
 """
 from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +22,17 @@ from flame import constants as C
 from flame import openhead
 from flame.model import (DYNAMIC_EMBEDDING_FILENAME, MODEL_FILENAME, STATIC_EMBEDDING_FILENAME,
                          save_flame_files)
+from flame.openhead import cache as openhead_cache
+from flame.openhead import cli as openhead_cli
+from tests.flame_reference import forward_reference
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = (MODEL_FILENAME, STATIC_EMBEDDING_FILENAME, DYNAMIC_EMBEDDING_FILENAME)
 
 
 @pytest.fixture(scope="module")
-def built():
-    start = time.perf_counter()
-    model = openhead.build_open_head()
-    return model, time.perf_counter() - start
-
-
-@pytest.fixture(scope="module")
-def model(built):
-    return built[0]
+def model():
+    return openhead.build_open_head()
 
 
 @pytest.fixture(scope="module")
@@ -50,39 +47,11 @@ def masks(model):
     return openhead.region_masks(model)
 
 
-# --- a small independent forward pass (FLAME's LBS, written from its definition) -------------
-def rodrigues(axis_angle) -> np.ndarray:
-    aa = np.asarray(axis_angle, float)
-    angle = np.linalg.norm(aa)
-    if angle < 1e-12:
-        return np.eye(3)
-    k = aa / angle
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(angle) * kx + (1 - np.cos(angle)) * kx @ kx
-
-
 def forward(m, betas=(), expression=(), pose=None):
-    """Posed vertices [V, 3] and joints [5, 3] of a FlameModel."""
-    v = m.v_template.copy()
-    if len(betas):
-        v += m.shapedirs[:, :, :len(betas)] @ np.asarray(betas, float)
-    if len(expression):
-        v += m.exprdirs[:, :, :len(expression)] @ np.asarray(expression, float)
-    joints = m.j_regressor @ v
+    """Posed vertices [V, 3] and joints [5, 3] of a FlameModel, by the reference forward pass."""
     pose = np.zeros(C.FULL_POSE_DIM) if pose is None else np.asarray(pose, float)
-    rots = np.stack([rodrigues(pose[3 * i:3 * i + 3]) for i in range(C.NUM_JOINTS)])
-    v = v + m.posedirs @ (rots[1:] - np.eye(3)).ravel()
-    world = np.zeros((C.NUM_JOINTS, 4, 4))
-    for i, parent in enumerate(m.parents):
-        local = np.eye(4)
-        local[:3, :3] = rots[i]
-        local[:3, 3] = joints[i] - (joints[parent] if parent >= 0 else 0.0)
-        world[i] = local if parent < 0 else world[parent] @ local
-    skin = world.copy()
-    skin[:, :3, 3] -= np.einsum("jab,jb->ja", world[:, :3, :3], joints)
-    per_vertex = np.einsum("vj,jab->vab", m.weights, skin)
-    posed = np.einsum("vab,vb->va", per_vertex[:, :3, :3], v) + per_vertex[:, :3, 3]
-    return posed, world[:, :3, 3]
+    out = forward_reference(m, np.asarray(betas, float), np.asarray(expression, float), pose)
+    return out["vertices"], out["joints"]
 
 
 def barycentric_points(verts, faces, face_idx, bary):
@@ -115,11 +84,6 @@ def test_written_files_are_byte_identical_across_writes(model, written, tmp_path
     save_flame_files(model, tmp_path)
     for name in FILES:
         assert (tmp_path / name).read_bytes() == (written / name).read_bytes(), name
-
-
-def test_build_is_fast(built):
-    _, seconds = built
-    assert seconds < 60.0  # a few seconds normally; this guards against pathological slowdowns
 
 
 def test_size_and_finite(model):
@@ -464,7 +428,7 @@ def test_cli_writes_the_same_files_and_refuses_to_overwrite(model, written, tmp_
     assert len(refused.stderr.strip().splitlines()) == 1 and "--force" in refused.stderr
     assert {name: (out / name).stat().st_mtime_ns for name in FILES} == stamps
     # --force overwrites (in-process, with the already built model, to save a build)
-    monkeypatch.setattr(openhead, "build_open_head", lambda: model)
+    monkeypatch.setattr(openhead_cli, "build_open_head", lambda: model)
     assert openhead.main(["--out", str(out), "--force"]) == 0
     assert any((out / name).stat().st_mtime_ns != stamps[name] for name in FILES)
     assert "--out" in run_cli("--help").stdout
@@ -477,10 +441,10 @@ def test_ensure_open_head_generates_once(model, tmp_path, monkeypatch):
         calls.append(1)
         return model
 
-    monkeypatch.setattr(openhead, "build_open_head", fake_build)
+    monkeypatch.setattr(openhead_cache, "build_open_head", fake_build)
     monkeypatch.delenv(openhead.CACHE_ENV_VAR, raising=False)
     folder = openhead.ensure_open_head(str(tmp_path))
-    assert folder == tmp_path / f"openhead-{openhead.OPEN_HEAD_VERSION}"
+    assert folder == tmp_path / f"openhead-{openhead.OPEN_HEAD_VERSION}-{openhead.cache_key()}"
     assert all((folder / name).is_file() for name in FILES)
     stamps = {name: (folder / name).stat().st_mtime_ns for name in FILES}
     assert openhead.ensure_open_head(str(tmp_path)) == folder
@@ -491,3 +455,38 @@ def test_ensure_open_head_generates_once(model, tmp_path, monkeypatch):
     monkeypatch.setenv(openhead.CACHE_ENV_VAR, str(tmp_path / "env"))
     assert openhead.ensure_open_head() == tmp_path / "env" / folder.name
     assert len(calls) == 2
+
+
+def test_a_changed_generator_gets_a_new_cache_entry(model, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(openhead_cache, "build_open_head", lambda: calls.append(1) or model)
+    monkeypatch.setattr(openhead_cache, "cache_key", lambda: "0123456789abcdef")
+    first = openhead.ensure_open_head(tmp_path)
+    monkeypatch.setattr(openhead_cache, "cache_key", lambda: "fedcba9876543210")
+    second = openhead.ensure_open_head(tmp_path)
+    assert first != second and first.parent == second.parent == tmp_path
+    assert len(calls) == 2  # the new key built its own entry...
+    assert all((second / name).is_file() for name in FILES)
+    assert all((first / name).is_file() for name in FILES)  # ...and left the old one alone
+    monkeypatch.setattr(openhead_cache, "cache_key", lambda: "0123456789abcdef")
+    assert openhead.ensure_open_head(tmp_path) == first and len(calls) == 2
+
+
+def test_cache_key_follows_the_generator_source(tmp_path):
+    sources = openhead_cache.generator_sources()
+    names = [p.name for p in sources]
+    # every module of the package, and the flame modules whose code shapes the arrays
+    package = Path(openhead.__file__).parent
+    assert set(p.name for p in package.glob("*.py")) <= set(names)
+    assert {"constants.py", "geometry.py", "model.py"} <= set(names)
+    assert openhead.cache_key() == openhead_cache.cache_key(sources)
+    copies = []
+    for i, path in enumerate(sources):  # same names, same bytes, elsewhere: the same key
+        copies.append(tmp_path / str(i) / path.name)
+        copies[-1].parent.mkdir()
+        shutil.copyfile(path, copies[-1])
+    assert openhead_cache.cache_key(copies) == openhead.cache_key()
+    sculpt = copies[names.index("sculpt.py")]
+    sculpt.write_text(sculpt.read_text() + "\n# a changed generator\n")
+    changed = openhead_cache.cache_key(copies)
+    assert changed != openhead.cache_key() and len(changed) == 16

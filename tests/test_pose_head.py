@@ -170,7 +170,7 @@ def test_a_training_step_with_each_head_compiles(flame, jit):
 
 def test_warm_start_from_a_regress_network_copies_all_but_the_new_head(flame, tmp_path):
     from flame.model import save_flame_files
-    from ringnet_tf.inference import _stored_weights, save_compact
+    from ringnet_tf.inference import stored_weights, save_compact
     from ringnet_tf.train_lib import warm_start
 
     model = make_tiny_model(num_vertices=120)
@@ -183,8 +183,8 @@ def test_warm_start_from_a_regress_network_copies_all_but_the_new_head(flame, tm
     head_before = [w.numpy().copy() for w in target.get_layer("pose_head").weights]
     warm_start(target, str(tmp_path / "ckpt"), target_config, str(tmp_path / "flame"))
     head = {id(w) for w in target.get_layer("pose_head").weights}
-    copied = [w for w in _stored_weights(target) if id(w) not in head]
-    for a, b in zip(_stored_weights(source), copied, strict=True):
+    copied = [w for w in stored_weights(target) if id(w) not in head]
+    for a, b in zip(stored_weights(source), copied, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-3)  # compact weights are float16
     for a, b in zip(head_before, target.get_layer("pose_head").weights):
         np.testing.assert_array_equal(a, b.numpy())

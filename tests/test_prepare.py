@@ -148,6 +148,47 @@ def test_output_names_avoid_clashes():
     assert names == {"a.jpg": "a_jpg.jpg", "a.PNG": "a_PNG.jpg", "b.png": "b.jpg", "v1/a.jpg": "v1/a.jpg"}
 
 
+class _FakeLandmarker:
+    """Stands in for dlib: given detections, each with the mean mirror agreement of its landmarks."""
+
+    def __init__(self, faces: list[tuple[L.Detection, float]]):
+        self.faces = faces
+
+    def detect(self, rgb):
+        return [d for d, _ in self.faces]  # largest first, as DlibLandmarker's
+
+    def landmarks(self, rgb, det):
+        agreement = dict((d, a) for d, a in self.faces)[det]
+        ones = np.full(68, agreement)
+        return L.FaceLandmarks(np.zeros((68, 2)), ones, ones, np.zeros(68))
+
+
+def _box(left: float, side: float, score: float) -> L.Detection:
+    return L.Detection(left, 0.0, left + side, side, score)
+
+
+@pytest.mark.parametrize("faces, reason, kept", [
+    ([], L.NO_FACE, None),
+    ([(_box(0, 100, 1.0), 0.2)], L.NO_FACE, None),  # landmarks disagree with the mirror image
+    ([(_box(0, 100, 1.0), 0.9), (_box(200, 80, 1.0), 0.9)], L.SEVERAL_FACES, None),  # 1.56x < 2x
+    ([(_box(0, 100, 1.0), 0.9), (_box(200, 60, 1.0), 0.9)], None, 0),  # 2.8x: the background face
+    ([(_box(0, 100, 0.2), 0.9), (_box(200, 90, 1.0), 0.9)], None, 200),  # a weak detection never wins
+    ([(_box(0, 100, 0.2), 0.9), (_box(200, 90, 0.3), 0.9)], L.SEVERAL_FACES, None),  # two weak ones
+    ([(_box(0, 100, 1.0), 0.9), (_box(10, 95, 1.0), 0.9)], None, 0),  # overlapping: one face
+    ([(_box(0, 30, 1.0), 0.9)], L.FACE_TOO_SMALL, None),  # 30 px < min_face 40
+])
+def test_face_policy(faces, reason, kept):
+    landmarker = _FakeLandmarker(faces)
+    if reason is not None:
+        with pytest.raises(L.FaceRejected) as e:
+            L.choose_face(landmarker, None, P.Settings().face_policy())
+        assert e.value.reason == reason and "\n" not in e.value.detail
+        return
+    det, _ = L.choose_face(landmarker, None)  # the default policy is data preparation's
+    assert det.left == kept
+    assert L.FacePolicy() == P.Settings().face_policy()
+
+
 def test_bad_arguments_one_line_error(tmp_path, capsys):
     assert P.main(["--images", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
@@ -275,21 +316,21 @@ def test_several_faces_and_small_faces_policy():
     dets = P._landmarker(settings).detect(canvas)
     small = [d for d in dets if d.left > 256]
     assert len(small) == 1 and small[0].score > 0.5  # the small face is found...
-    det, _ = P.choose_face(P._landmarker(settings), canvas, settings)
+    det, _ = L.choose_face(P._landmarker(settings), canvas, settings.face_policy())
     assert det.left < 256 and det.size > 40 and det.score > 0.5  # ... and the subject kept
     # (at this scale dlib also fires on the suit's mission patch, as large as the face: a weak
     # detection, score 0.11, whose landmarks disagree with their mirror image.)
     # The face is 43 px wide at this size: --min_face 48 rejects it as too small.
     strict = P.Settings(min_face=48)
-    with pytest.raises(P.Skip) as e:
-        P.choose_face(P._landmarker(strict), rgb, strict)
+    with pytest.raises(L.FaceRejected) as e:
+        L.choose_face(P._landmarker(strict), rgb, strict.face_policy())
     assert e.value.reason == P.R_SMALL
 
 
 def test_resume_after_interruption(photos, prepared, tmp_path, monkeypatch):
     reference = prepared[0]
     out = tmp_path / "ds"
-    real = P.process_image
+    real = P.worker.process_image  # what the run calls (P.process_image is a re-export)
     calls = []
 
     def interrupted(*args):
@@ -298,14 +339,14 @@ def test_resume_after_interruption(photos, prepared, tmp_path, monkeypatch):
         calls.append(args[2].rel)
         return real(*args)
 
-    monkeypatch.setattr(P, "process_image", interrupted)
+    monkeypatch.setattr(P.worker, "process_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         P.prepare(photos, out, P.Settings(), workers=1, progress=False)
     assert not (out / D.MANIFEST_NAME).exists()  # unfinished: no manifest
     assert len(_journal(out)) == 5
     with open(out / P.WORK_DIR / P.JOURNAL_NAME, "a") as f:
         f.write('{"src": "collins/a.jp')  # a line torn by the interruption
-    monkeypatch.setattr(P, "process_image", real)
+    monkeypatch.setattr(P.worker, "process_image", real)
 
     summary = P.prepare(photos, out, P.Settings(), workers=1, progress=False)
     n = len(KEPT) + len(SKIPPED) - 1  # all files in identity folders

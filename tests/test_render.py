@@ -8,6 +8,7 @@ import trimesh
 
 from ringnet_tf import camera
 from ringnet_tf import render as R
+from ringnet_tf.render import raster
 
 # With s = 1, tx = ty = 0 and a 64-pixel image, u = 32 (X + 1) - 0.5 and v = 32 (1 - Y) - 0.5 (pixel
 # centres at whole numbers): these helpers place vertices at chosen pixel positions (exactly, for
@@ -178,16 +179,16 @@ def test_skipping_hidden_back_faces_changes_nothing(monkeypatch):
     faces = faces[verts[faces].mean(axis=1)[:, 0] < 0.45]
     views = [R.rotate_y(verts, yaw, center=(0, 0, 0)) for yaw in (0, 60, 120, 180, 270)]
     skipped = []
-    real = R._surely_hidden
+    real = raster._surely_hidden
 
     def spy(*args):
         hidden = real(*args)
         skipped.append(hidden.sum())
         return hidden
 
-    monkeypatch.setattr(R, "_surely_hidden", spy)
+    monkeypatch.setattr(raster, "_surely_hidden", spy)
     fast = [R.render(v, faces, CAM, 96) for v in views]
-    monkeypatch.setattr(R, "_surely_hidden", lambda zbuf, size, tri, sel: np.zeros(len(sel), bool))
+    monkeypatch.setattr(raster, "_surely_hidden", lambda zbuf, size, tri, sel: np.zeros(len(sel), bool))
     full = [R.render(v, faces, CAM, 96) for v in views]
     assert min(skipped) > 30 and sum(skipped) > 500  # the test exercises the skipping
     inside_seen = 0
@@ -363,6 +364,12 @@ def test_background_options_and_overlay():
     expected = 0.75 * photo[grey.mask] + 0.25 * grey.image[grey.mask].astype(float)
     assert np.abs(blended[grey.mask] - expected).max() <= 0.5 + 1e-9
     np.testing.assert_array_equal(R.overlay(photo, grey, alpha=0.0), photo)
+    # A photo smaller than the render (a non-square photo's frame rendered at its longer side)
+    # covers the render's top-left corner: the same pixels as blending the whole and cutting.
+    np.testing.assert_array_equal(R.overlay(photo[:40, :50], grey, alpha=0.25), blended[:40, :50])
+    default = R.overlay(photo, grey)
+    expected = (1 - R.DEFAULT_ALPHA) * photo[grey.mask] + R.DEFAULT_ALPHA * grey.image[grey.mask].astype(float)
+    assert np.abs(default[grey.mask] - expected).max() <= 0.5 + 1e-9
 
 
 def test_side_view_turns_the_face_to_the_right():
@@ -429,8 +436,12 @@ def test_helpers_reject_bad_arguments():
     result = R.render(verts, faces, CAM, SIZE)
     with pytest.raises(ValueError, match="alpha.*1.5"):
         R.overlay(result.image, result, alpha=1.5)
-    with pytest.raises(ValueError, match=r"image.*\(8, 8, 3\)"):
-        R.overlay(np.zeros((8, 8, 3), np.uint8), result)
+    with pytest.raises(ValueError, match=r"image.*\(65, 8, 3\)"):
+        R.overlay(np.zeros((65, 8, 3), np.uint8), result)  # taller than the render
+    with pytest.raises(ValueError, match=r"image.*\(8, 8\) uint8"):
+        R.overlay(np.zeros((8, 8), np.uint8), result)
+    with pytest.raises(ValueError, match=r"image.*float64"):
+        R.overlay(np.zeros((8, 8, 3)), result)
     with pytest.raises(ValueError, match=r"points.*\(2, 2\)"):
         R.visible_points(np.zeros((2, 2)), result, CAM, SIZE)
     with pytest.raises(ValueError, match="image_size is 32"):

@@ -132,3 +132,52 @@ def test_tfrecord_stream_gives_rings_of_one_identity_plus_another(tmp_path):
         np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
     for a, b in zip(batches[2:], resumed):
         np.testing.assert_array_equal(a["landmarks"].numpy(), b["landmarks"].numpy())
+
+
+def _jitter_pair(seed: int, **colour) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """augment_image with and without colour jitter (the same seed: the same warp) of a mid-grey
+    noise image; images in [0, 1] units. Returns (jittered, plain, its landmarks, plain landmarks)."""
+    rng = np.random.default_rng(100 + seed)
+    # Values in [0.3, 0.7]: the jitter bounds below never push a pixel out of [0, 1] (no clipping).
+    image = tf.constant(rng.uniform(0.3 * 255, 0.7 * 255, (80, 72, 3)).astype(np.uint8))
+    lm = np.concatenate([rng.uniform(10, 60, (68, 2)), np.ones((68, 1))], 1).astype(np.float32)
+    cfg = RingConfig(image_size=64, **colour)
+    plain_cfg = dataclasses.replace(cfg, max_brightness=0, max_contrast=0, max_saturation=0)
+    seed_t = tf.constant([seed, 3], tf.int64)
+    out = [augment_image(image, tf.constant(lm), c, seed_t) for c in (cfg, plain_cfg)]
+    (img, lm_out), (plain, lm_plain) = [(i.numpy() / 2.0 + 0.5, l.numpy()) for i, l in out]
+    return img, plain, lm_out, lm_plain
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_colour_jitter_stays_in_bounds_and_leaves_geometry_alone(seed):
+    tol = 1e-5
+    # Brightness: one shift of every channel of every pixel, at most max_brightness.
+    img, plain, lm, lm_plain = _jitter_pair(seed, max_brightness=0.15, max_contrast=0, max_saturation=0)
+    np.testing.assert_array_equal(lm, lm_plain)  # landmarks untouched by colour
+    shift = img - plain
+    assert np.ptp(shift) < tol and 1e-4 < abs(shift.mean()) <= 0.15 + tol
+    # Contrast: deviations from the image's mean (per channel) scaled by 1 +- max_contrast.
+    img, plain, lm, lm_plain = _jitter_pair(seed, max_brightness=0, max_contrast=0.2, max_saturation=0)
+    np.testing.assert_array_equal(lm, lm_plain)
+    mean = plain.mean(axis=(0, 1))
+    np.testing.assert_allclose(img.mean(axis=(0, 1)), mean, atol=tol)
+    factor = (img - mean) / np.where(np.abs(plain - mean) > 1e-2, plain - mean, np.nan)
+    factor = factor[np.isfinite(factor)]
+    assert np.ptp(factor) < 1e-3 and 1e-4 < abs(factor.mean() - 1) <= 0.2 + 1e-4
+    # Saturation: each pixel's grey (the channels' mean) kept, its colour's distance from it
+    # scaled by 1 +- max_saturation.
+    img, plain, lm, lm_plain = _jitter_pair(seed, max_brightness=0, max_contrast=0, max_saturation=0.2)
+    np.testing.assert_array_equal(lm, lm_plain)
+    grey = plain.mean(axis=-1, keepdims=True)
+    np.testing.assert_allclose(img.mean(axis=-1, keepdims=True), grey, atol=tol)
+    chroma = np.where(np.abs(plain - grey) > 1e-2, plain - grey, np.nan)
+    factor = ((img - grey) / chroma)[np.isfinite(chroma)]
+    assert np.ptp(factor) < 1e-3 and 1e-4 < abs(factor.mean() - 1) <= 0.2 + 1e-4
+
+
+def test_colour_jitter_draws_differ_between_seeds_and_repeat_for_one():
+    means = [(_jitter_pair(s)[0] - _jitter_pair(s)[1]).mean() for s in range(4)]
+    assert len({round(m, 4) for m in means}) == 4  # every seed its own draw
+    a, b = _jitter_pair(1)[0], _jitter_pair(1)[0]
+    np.testing.assert_array_equal(a, b)  # stateless: the same seed, the same pixels

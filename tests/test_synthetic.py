@@ -73,3 +73,53 @@ def test_cli_refuses_an_existing_folder_and_writes_a_preview(tmp_path, flame_dir
                  "--tfrecords"] + args) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert D.tfrecord_files(tmp_path / "new" / D.TFRECORD_DIR)
+
+
+def test_framing_camera_default_is_no_jitter_and_stays_so():
+    lm3d = np.random.default_rng(1).normal(size=(68, 3))
+    np.testing.assert_array_equal(framing_camera(lm3d), framing_camera(lm3d, np.zeros(3)))
+    jittered = framing_camera(lm3d, np.array([0.1, 0.05, -0.05]))
+    assert not np.array_equal(jittered, framing_camera(lm3d))
+    np.testing.assert_array_equal(framing_camera(lm3d), framing_camera(lm3d, None))  # no state kept
+
+
+def test_preview_marks_visible_landmarks_green_and_hidden_red(dataset, tmp_path):
+    from ringnet_tf.data.synthetic import preview
+
+    grid = preprocess.read_image(preview(dataset, tmp_path / "grid.png", count=1))  # RGB
+    records = D.read_manifest(dataset)
+    assert grid.shape == (CFG.size, CFG.size, 3)
+    for x, y, c in records[0].landmarks[::-1]:  # the last dot drawn first: nothing covers it
+        col, row = int(round(x)), int(round(y))
+        if 0 <= col < CFG.size and 0 <= row < CFG.size:
+            assert grid[row, col].tolist() == ([0, 200, 0] if c >= 1 else [255, 0, 0])
+            break
+    else:
+        pytest.fail("no landmark inside the image")
+
+
+def test_force_replaces_a_dataset_only_once_the_new_one_is_complete(tmp_path, flame_dir, monkeypatch):
+    from ringnet_tf.data import synthetic
+
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "old.txt").write_text("an earlier dataset")
+    with pytest.raises(FileExistsError, match="not empty"):
+        generate(out, CFG, str(flame_dir), workers=1, progress=False)
+    real, done = synthetic._render_job, []
+
+    def fails_half_way(job):
+        if len(done) == 3:
+            raise OSError("disk full")
+        done.append(job)
+        return real(job)
+
+    monkeypatch.setattr(synthetic, "_render_job", fails_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        generate(out, CFG, str(flame_dir), workers=1, progress=False, force=True)
+    monkeypatch.setattr(synthetic, "_render_job", real)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]  # the old dataset stands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no staging folder left
+    generate(out, CFG, str(flame_dir), workers=1, progress=False, force=True)
+    assert not (out / "old.txt").exists() and D.read_manifest(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no staging folder left

@@ -46,11 +46,15 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 import numpy as np
 
 from flame import constants as C
+
+if TYPE_CHECKING:
+    from flame.model import FlameModel
+    from ringnet_tf.inference import KerasPredictor
 
 PARAMS_TOLERANCE = 1e-4
 VERTEX_TOLERANCE = 1e-5  # metres
@@ -723,7 +727,8 @@ class Verification:
         return dataclasses.asdict(self)
 
 
-def verify(predictor, run: GraphRun, images: np.ndarray, ref_flame, same_head: bool) -> Verification:
+def verify(predictor: KerasPredictor, run: GraphRun, images: np.ndarray, ref_flame: FlameModel | None,
+           same_head: bool) -> Verification:
     """Compares the converted network with the graph's outputs; raises ConversionError beyond tolerance.
 
     ref_flame: the head model the graph's vertices are compared through (the checkpoint's own
@@ -758,7 +763,7 @@ def verify(predictor, run: GraphRun, images: np.ndarray, ref_flame, same_head: b
     else:
         layer = FlameLayer(ref_flame, RINGNET_NUM_SHAPE, RINGNET_NUM_EXPRESSION)
         report.vertex_path = "checkpoint FLAME"
-    root = layer(tf.constant(shape), tf.constant(expression), tf.zeros((len(images), 6)))["joints"].numpy()[:, 0]
+    root = layer(tf.constant(shape), tf.constant(expression), tf.zeros((len(images), C.RINGNET_POSE_DIM)))["joints"].numpy()[:, 0]
     if not same_head:
         ours_theta = ringnet_to_ours(tf.constant(raw[:, -1]), tf.constant(root[:, 1]), float(size)).numpy()
         split = 9 + RINGNET_NUM_SHAPE
@@ -890,6 +895,9 @@ def convert(ckpt: str | os.PathLike, out: str | os.PathLike, flame_model: str | 
 
 
 def main(argv: list[str] | None = None, stream: TextIO | None = None, err: TextIO | None = None) -> int:
+    """The command line; exit codes as `ringnet_tf.cli` (2: nothing converted, one error line)."""
+    from ringnet_tf.cli import EXIT_OK, add_flame_model_argument, fail
+
     stream, err = stream or sys.stdout, err or sys.stderr
     p = argparse.ArgumentParser(prog="python -m ringnet_tf.convert_original",
                                 description="Convert RingNet's released TF 1 checkpoint (ring_6_68641) into a "
@@ -897,9 +905,9 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None, err: TextI
     p.add_argument("--ckpt", required=True, help="checkpoint prefix, e.g. DIR/ring_6_68641 (the name before "
                                                  ".index / .meta / .data-*), or its folder")
     p.add_argument("--out", required=True, help="new folder for the compact checkpoint")
-    p.add_argument("--flame_model", default=None,
-                   help="FLAME 2019 generic_model.pkl (or its folder) for RingNet's meshes; default: the open "
-                        "head model (the regression is RingNet's, the meshes the open head's)")
+    add_flame_model_argument(p, help="FLAME 2019 generic_model.pkl (or its folder) for RingNet's meshes; "
+                                     "default: the open head model (the regression is RingNet's, the "
+                                     "meshes the open head's)")
     p.add_argument("--image_size", type=int, default=None,
                    help="input side, only for a graph whose input placeholder leaves it open")
     p.add_argument("--force", action="store_true", help="replace an existing --out (once the new one is complete)")
@@ -912,6 +920,5 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None, err: TextI
                 say=lambda m: print(m, file=stream, flush=True),
                 warn=lambda m: print(f"warning: {m}", file=err, flush=True))
     except (ConversionError, FlameFileError, CheckpointError) as e:
-        print(f"error: {e}", file=err)
-        return 1
-    return 0
+        return fail(str(e), file=err)
+    return EXIT_OK

@@ -23,6 +23,7 @@ stream of records yields whole identities and a ring can be drawn without random
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -35,14 +36,13 @@ from typing import Any
 import numpy as np
 
 from flame import constants as C
-from flame.fileutil import atomic_write
+from flame.fileutil import atomic_write, staged_dir
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.csv"
 META_NAME = "dataset.json"
 GROUND_TRUTH_NAME = "ground_truth.npz"
 TFRECORD_DIR = "tfrecords"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Per-image ground-truth keys and where they live in a TFRecord example.
 GT_IMAGE_KEYS = ("shape", "expression", "pose", "cam", "landmarks3d")
 # Per-image ground truth that is not a flat vector: its row shape (TFRecords store it flattened).
@@ -162,8 +162,9 @@ def write_tfrecords(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike |
     """Converts a dataset directory to sharded TFRecords (one example per identity).
 
     Identities go round-robin over the shards in sorted order; image bytes are copied, not
-    re-encoded. Writes into `out_dir` (default `<dataset_dir>/tfrecords`), which must not hold
-    shards already. Returns the output folder (with its own `dataset.json`).
+    re-encoded. Writes the folder `out_dir` (default `<dataset_dir>/tfrecords`), which must be new
+    or empty, whole or not at all (built in a hidden sibling, `fileutil.staged_dir`). Returns the
+    output folder (with its own `dataset.json`).
     """
     import tensorflow as tf
 
@@ -178,10 +179,16 @@ def write_tfrecords(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike |
     num_shards = max(1, min(num_shards, len(groups)))
     if out.exists() and any(out.glob("shard-*.tfrecord")):
         raise DatasetError(out, "already holds TFRecord shards; remove them or choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(out, "exists and is not an empty folder; choose a new folder")
     neutral = {}
     if gt is not None and "neutral_vertices" in gt:
         neutral = {str(k): i for i, k in enumerate(gt["neutral_identity"])}
+    gt_dims = {}
+    if gt is not None:
+        gt_dims = {k: int(np.prod(gt[k].shape[1:])) for k in GT_IMAGE_KEYS if k in gt}
+        if neutral:
+            gt_dims["neutral_vertices"] = int(np.prod(gt["neutral_vertices"].shape[1:]))
 
     def floats(values):
         return tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(values, np.float32).ravel()))
@@ -189,9 +196,10 @@ def write_tfrecords(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike |
     def byte_list(values):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
 
-    tmp_paths = [out / f".{_shard_name(i, num_shards)}.tmp" for i in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(str(p)) for p in tmp_paths]
-    try:
+    with staged_dir(out) as staging, contextlib.ExitStack() as writers_open:
+        writers = [tf.io.TFRecordWriter(str(staging / _shard_name(i, num_shards))) for i in range(num_shards)]
+        for w in writers:
+            writers_open.callback(w.close)  # closed before the folder is renamed or removed
         for n, (identity, idx) in enumerate(groups.items()):
             feats = {
                 "identity": byte_list([identity.encode()]),
@@ -208,23 +216,10 @@ def write_tfrecords(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike |
                     feats["gt/neutral_vertices"] = floats(gt["neutral_vertices"][neutral[identity]])
             example = tf.train.Example(features=tf.train.Features(feature=feats))
             writers[n % num_shards].write(example.SerializeToString())
-    except BaseException:
-        for w in writers:
-            w.close()
-        for p in tmp_paths:
-            p.unlink(missing_ok=True)
-        raise
-    for w, p in zip(writers, tmp_paths):
-        w.close()
-        os.replace(p, out / p.name[1:-len(".tmp")])
-    gt_dims = {}
-    if gt is not None:
-        gt_dims = {k: int(np.prod(gt[k].shape[1:])) for k in GT_IMAGE_KEYS if k in gt}
-        if neutral:
-            gt_dims["neutral_vertices"] = int(np.prod(gt["neutral_vertices"].shape[1:]))
-    write_meta(out, {**{k: v for k, v in meta.items() if k != "format_version"},
-                     "tfrecords": {"num_shards": num_shards, "num_identities": len(groups),
-                                   "num_images": len(records), "ground_truth": gt_dims}})
+        writers_open.close()
+        write_meta(staging, {**{k: v for k, v in meta.items() if k != "format_version"},
+                             "tfrecords": {"num_shards": num_shards, "num_identities": len(groups),
+                                           "num_images": len(records), "ground_truth": gt_dims}})
     return out
 
 

@@ -34,13 +34,34 @@ the source image (pixel centres at integers: -0.5 <= x <= W - 0.5, likewise y), 
 outside the photo is the predictor's guess from the face shape alone, with no image evidence).
 c_i = 0.61 at r_i = tau, 0.14 at 2 tau. The agreement term alone (without inside_i) is kept as
 `FaceLandmarks.agreement`; its mean over the 68 points says how well the predictor's shape fits the
-detection, which `prepare` uses to discard doubtful detections (its --min_confidence).
+detection, which the several-faces policy uses to discard doubtful detections (`min_confidence`).
 
 Measured on the NASA astronaut photo (tests/data; 256 to 800 px): the face gives r_i of 0 to 1 %
 (c >= 0.88, mean 0.97 to 0.99); rotated 35 degrees in the image plane, mean 0.50 (the predictor is
 unsure, as it should be); a false detection on the suit's mission patch (which dlib scores 0.05
 to 0.35 in some framings) 0.27 to 0.73. So the mean agreement is no face/non-face test on its own;
-`prepare` combines it with the detector's score.
+the policy below combines it with the detector's score.
+
+Which face (the several-faces policy, `choose_face`)
+----------------------------------------------------
+Used by data preparation (`ringnet_tf.data.prepare`, whose flags set `FacePolicy`) and the demo:
+- detections: dlib's, scoring at least the landmarker's threshold (prepare's
+  `--detector_threshold`; dlib's own 0); overlapping ones (IoU >= `DUPLICATE_IOU` = 0.5) are one
+  face; at most the `MAX_CANDIDATES` = 5 largest are looked at;
+- a detection is a face only if its landmarks agree with those of the mirror image: mean
+  agreement (the confidence before the inside-the-image factor) at least `min_confidence`
+  (0.4); none left: "no face";
+- a face is clear if its detection score is at least `clear_score` (0.5), else weak. Weak faces
+  never make an image ambiguous; they are only candidates when there is no clear face;
+- the subject is the largest candidate (detector box area); if another candidate has more than
+  1 / `face_ratio` (2) of its area, the image is rejected as "several faces" (ambiguous: an
+  identity label may belong to either); smaller faces in the background do not matter;
+- a subject whose box side is below `min_face` pixels (40): "face too small".
+Why both tests: in 640 x 480 frames of the test photo, dlib also fires on the suit's mission patch,
+as large as the face, scoring 0.05 to 0.35 (the face: 0.7 to 1.4) with a mirror agreement of 0.27
+to 0.73 (the face: 0.98 to 0.99). The agreement test alone left 17 of 48 such frames "several
+faces"; the score tier settles them all. The agreement test still decides among weak detections
+when there is no clear face.
 """
 from __future__ import annotations
 
@@ -64,6 +85,16 @@ DEFAULT_MIN_FACE = 40.0
 DEFAULT_THRESHOLD = 0.0  # dlib's own detection threshold
 DEFAULT_TOLERANCE = 0.03
 _MIRROR = np.asarray(C.IBUG68_MIRROR)
+# The several-faces policy (module docstring).
+MAX_CANDIDATES = 5  # detections (largest first) whose landmarks are checked
+DUPLICATE_IOU = 0.5  # detections overlapping this much are one face
+DEFAULT_FACE_RATIO = 2.0
+DEFAULT_MIN_CONFIDENCE = 0.4
+DEFAULT_CLEAR_SCORE = 0.5
+# Why no face is kept (data preparation's skip reasons).
+NO_FACE = "no face"
+SEVERAL_FACES = "several faces"
+FACE_TOO_SMALL = "face too small"
 
 
 class MissingDependency(ImportError):
@@ -244,3 +275,58 @@ class DlibLandmarker:
         q[:, 1] += r0
         q = q[_MIRROR]
         return mirror_confidence(p, q, h, w, self.tolerance)
+
+
+# ----------------------------------------------------------------------------- which face
+
+class FaceRejected(Exception):
+    """No face to keep under the policy. reason: NO_FACE, SEVERAL_FACES or FACE_TOO_SMALL;
+    detail: one line of numbers saying why (naming data preparation's flags)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclasses.dataclass(frozen=True)
+class FacePolicy:
+    """The several-faces policy's settings (module docstring); data preparation's flags of the
+    same names. min_face: pixels of the detector box's side."""
+
+    min_face: float = DEFAULT_MIN_FACE
+    face_ratio: float = DEFAULT_FACE_RATIO
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    clear_score: float = DEFAULT_CLEAR_SCORE
+
+
+def choose_face(landmarker: DlibLandmarker, rgb: np.ndarray,
+                policy: FacePolicy = FacePolicy()) -> tuple[Detection, FaceLandmarks]:
+    """The subject's face in an [H, W, 3] uint8 RGB photo under the several-faces policy (module
+    docstring): its detection and landmarks. Raises FaceRejected."""
+    detections = landmarker.detect(rgb)
+    if not detections:
+        raise FaceRejected(NO_FACE, "no detection")
+    faces: list[tuple[Detection, FaceLandmarks]] = []
+    best_rejected = None
+    for det in detections[:MAX_CANDIDATES]:
+        if any(det.iou(f[0]) >= DUPLICATE_IOU for f in faces):
+            continue
+        lm = landmarker.landmarks(rgb, det)
+        if lm.mean_agreement >= policy.min_confidence:
+            faces.append((det, lm))
+        elif best_rejected is None or lm.mean_agreement > best_rejected:
+            best_rejected = lm.mean_agreement
+    if not faces:
+        raise FaceRejected(NO_FACE, f"{len(detections)} detection(s), landmarks unreliable (mean "
+                                    f"agreement {best_rejected:.2f} < --min_confidence "
+                                    f"{policy.min_confidence:g})")
+    clear = [f for f in faces if f[0].score >= policy.clear_score]
+    candidates = clear or faces  # still largest first
+    det, lm = candidates[0]
+    if len(candidates) > 1 and det.area < policy.face_ratio * candidates[1][0].area:
+        raise FaceRejected(SEVERAL_FACES, f"{len(candidates)} faces, the largest only "
+                                          f"{det.area / candidates[1][0].area:.2f}x the next in area "
+                                          f"(--face_ratio {policy.face_ratio:g})")
+    if det.size < policy.min_face:
+        raise FaceRejected(FACE_TOO_SMALL, f"{det.size:.0f} px < --min_face {policy.min_face:g}")
+    return det, lm

@@ -18,18 +18,20 @@ image), whatever the number of worker processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from flame import constants as C
+from flame.fileutil import atomic_write, check_new_dir, staged_dir
+from ringnet_tf.cli import add_flame_model_argument
+from ringnet_tf.progress import Progress
 
 HIDDEN_CONFIDENCE = 0.3
 APPEARANCE = ("identity", "image")
@@ -151,15 +153,18 @@ def landmarks3d_pixels(landmarks3d: np.ndarray, cam: np.ndarray, size: int) -> n
     return np.concatenate([project(landmarks3d, cam, size), z], axis=1).astype(np.float32)
 
 
-def framing_camera(landmarks3d: np.ndarray, jitter: np.ndarray = np.zeros(3)) -> np.ndarray:
+def framing_camera(landmarks3d: np.ndarray, jitter: np.ndarray | None = None) -> np.ndarray:
     """The weak-perspective camera whose image is the crop box of the projected landmarks.
 
-    landmarks3d: [68, 3] posed landmarks (model frame); jitter: (relative size change, x shift,
-    y shift as fractions of the side). Returns cam [3] = (s, tx, ty): the box (in model units,
-    y down, as `preprocess.box_from_landmarks` sees pixels) spans the image, its centre in the middle.
+    landmarks3d: [68, 3] posed landmarks (model frame); jitter: [3] (relative size change, x shift,
+    y shift as fractions of the side), None for none. Returns cam [3] = (s, tx, ty): the box (in
+    model units, y down, as `preprocess.box_from_landmarks` sees pixels) spans the image, its
+    centre in the middle.
     """
     from ringnet_tf.preprocess import box_from_landmarks
 
+    if jitter is None:
+        jitter = np.zeros(3)
     box = box_from_landmarks(landmarks3d[:, :2] * np.array([1.0, -1.0]))
     side = box.size * (1.0 + jitter[0])
     cx, cy = box.cx + jitter[1] * box.size, box.cy + jitter[2] * box.size
@@ -217,39 +222,28 @@ def _render_job(job):
     return rel, np.concatenate([xy, conf[:, None]], axis=1).astype(np.float32)
 
 
-def _progress(done: int, total: int, start: float, stream=sys.stderr) -> None:
-    rate = done / max(time.perf_counter() - start, 1e-9)
-    eta = (total - done) / max(rate, 1e-9)
-    end = "\n" if done == total else "\r"
-    print(f"  {done}/{total} images  {rate:.1f} img/s  eta {eta:.0f} s", end=end, file=stream, flush=True)
-
-
 def generate(out_dir: str | os.PathLike, cfg: SynthConfig, flame_model: str | None = None,
-             workers: int | None = None, progress: bool = True) -> Path:
-    """Writes a synthetic dataset into a new folder `out_dir` (built in a temporary sibling)."""
+             workers: int | None = None, progress: bool = True, force: bool = False) -> Path:
+    """Writes a synthetic dataset into a new folder `out_dir`, whole or not at all (built in a
+    hidden sibling, `fileutil.staged_dir`). An existing non-empty `out_dir` is an error
+    (FileExistsError) unless `force`, which replaces it once the new dataset is complete."""
     import tensorflow as tf
 
     from flame.io import load_flame
     from flame.layer import FlameLayer
     from ringnet_tf.data import dataset as D
 
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not empty; choose a new folder (or --force)")
+    out = check_new_dir(out_dir, force)  # before the model loads: fail fast
     model = load_flame(flame_model)
     layer = FlameLayer(model, cfg.num_shape, cfg.num_expression)
     masks = _region_masks(model)
-    tmp = out.parent / f".{out.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     workers = workers or os.cpu_count() or 1
     total = cfg.identities * cfg.images_per_identity
     records, neutral = [], []
     gt_rows = {k: [] for k in ("shape", "expression", "pose", "cam", "landmarks3d")}
-    start = time.perf_counter()
     ctx = mp.get_context("spawn")  # workers never touch TensorFlow
-    try:
+    with staged_dir(out, force) as tmp, contextlib.closing(
+            Progress(total, "synthetic", enabled=progress)) as bar:
         with ctx.Pool(workers) if workers > 1 else _SerialPool() as pool:
             for first in range(0, cfg.identities, _CHUNK_IDENTITIES):
                 idents = range(first, min(first + _CHUNK_IDENTITIES, cfg.identities))
@@ -280,8 +274,7 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig, flame_model: str | No
                     gt_rows["pose"].append(d[1])
                     gt_rows["cam"].append(cam)
                     gt_rows["landmarks3d"].append(lm3d)
-                    if progress and (len(records) % 20 == 0 or len(records) == total):
-                        _progress(len(records), total, start)
+                    bar.update()
         D.write_manifest(tmp, records)
         D.write_ground_truth(tmp, {
             "image": np.array([r.image for r in records]),
@@ -292,12 +285,6 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig, flame_model: str | No
                            "image_size": cfg.size, "flame_fingerprint": model.fingerprint(),
                            "flame_source": str(model.source) if flame_model else "open head model",
                            "synth_config": dataclasses.asdict(cfg)})
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -329,21 +316,23 @@ def _region_masks(model) -> dict[str, np.ndarray]:
 
 def preview(dataset_dir: str | os.PathLike, out_png: str | os.PathLike, count: int = 16) -> Path:
     """A grid of the first `count` images with their landmarks (green visible, red hidden)."""
-    from flame.fileutil import atomic_write
     from ringnet_tf.data import dataset as D
+    from ringnet_tf.preprocess import read_image
 
     records = D.read_manifest(dataset_dir)[:count]
     tiles = []
     for r in records:
-        img = cv2.imread(str(Path(dataset_dir) / r.image))
+        img = read_image(Path(dataset_dir) / r.image)  # RGB
         for x, y, c in r.landmarks:
-            cv2.circle(img, (int(round(x)), int(round(y))), 2, (0, 200, 0) if c >= 1 else (0, 0, 255), -1)
+            cv2.circle(img, (int(round(x)), int(round(y))), 2, (0, 200, 0) if c >= 1 else (255, 0, 0), -1)
         tiles.append(img)
     cols = int(np.ceil(np.sqrt(len(tiles))))
     blank = np.zeros_like(tiles[0])
     tiles += [blank] * (cols * int(np.ceil(len(tiles) / cols)) - len(tiles))
     grid = np.vstack([np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)])
-    ok, data = cv2.imencode(".png", grid)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"{out_png}: PNG encoding failed")
     return atomic_write(out_png, lambda f: f.write(data.tobytes()))
 
 
@@ -355,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images-per-identity", "--images_per_identity", type=int, required=True)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); use another for validation")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    p.add_argument("--flame_model", default=None, help="FLAME model (default: the open head model)")
+    add_flame_model_argument(p, help="FLAME model (default: the open head model)")
     p.add_argument("--workers", type=int, default=None, help="render processes (default: all cores)")
     p.add_argument("--format", choices=["jpg", "png"], default="jpg", help="image format (default jpg)")
     p.add_argument("--appearance", choices=list(APPEARANCE), default="identity",
@@ -363,14 +352,13 @@ def main(argv: list[str] | None = None) -> int:
                         "that colour says nothing about identity")
     p.add_argument("--preview", type=Path, default=None, help="also write a grid of samples to this PNG")
     p.add_argument("--tfrecords", action="store_true", help="also write the TFRecord form")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it exists (once the new dataset is complete)")
     args = p.parse_args(argv)
     try:
         cfg = SynthConfig(args.identities, args.images_per_identity, seed=args.seed, size=args.size,
                           image_format=args.format, appearance=args.appearance)
-        if args.force and args.out.exists():
-            shutil.rmtree(args.out)
-        out = generate(args.out, cfg, args.flame_model, args.workers)
+        out = generate(args.out, cfg, args.flame_model, args.workers, force=args.force)
     except (ValueError, FileExistsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,20 +1,21 @@
 """Command line: `python -m ringnet_tf.evaluate <protocol> ...`.
 
 Protocols: `now` (the NoW benchmark's scan-to-mesh error) and `synthetic` (the same metric on
-synthetic faces whose true shape is known, with baselines). Exit codes: 0 done (missing
-predictions included, and counted), 1 bad input or refused output folder, 2 bad usage.
+synthetic faces whose true shape is known, with baselines). Exit codes (`ringnet_tf.cli`): 0 done
+(missing predictions included, and counted), 2 bad usage, bad input or a refused output folder,
+130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
+from ringnet_tf.cli import EXIT_INTERRUPTED, EXIT_OK, add_flame_model_argument, fail, quiet_tensorflow
 from ringnet_tf.evaluate import geometry, now
+
+quiet_tensorflow()  # neither imports TensorFlow; `synthetic` does, later
 
 DEFAULT_OUT_NAME = "now_eval"
 
@@ -47,9 +48,8 @@ Written to --out (default PRED/{DEFAULT_OUT_NAME}/), all at once when the run su
   distances/<subject>/<challenge>/<stem>.npy (float32 mm, one per cropped scan vertex).
 
 Exit codes: 0 done, also when listed images have no prediction (they are counted and reported
-as missing); 1 bad input: an unreadable or inconsistent file (a one-line error names it), no
-prediction at all, or an existing --out without --force; no output is left behind then.
-2 bad usage.
+as missing); 2 bad usage or bad input: an unreadable or inconsistent file (a one-line error names
+it), no prediction at all, or an existing --out without --force; no output is left behind then.
 """
 
 
@@ -91,7 +91,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, help="run directory or compact checkpoint")
     s.add_argument("--data", required=True, type=Path,
                    help="synthetic dataset of held-out identities (made with another --seed)")
-    s.add_argument("--flame_model", default=None, help="head model (default: the open head model)")
+    add_flame_model_argument(s)
     s.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     s.add_argument("--fit_steps", type=int, default=None,
                    help="refinement and landmark-fitting steps at most (default: ringnet_tf.refine.DEFAULT_STEPS)")
@@ -103,82 +103,33 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
 def _run_now(args: argparse.Namespace) -> int:
+    from flame.fileutil import staged_dir
+
     pred = args.pred
     out = args.out if args.out is not None else pred / DEFAULT_OUT_NAME
     if args.fit_points < 0:
-        return _error("--fit-points must be >= 0")
+        return fail("--fit-points must be >= 0")
     if out.exists() and not args.force:
-        return _error(f"{out}: already exists (a previous result?); use --force to replace it "
-                      f"or --out to write elsewhere")
+        return fail(f"{out}: already exists (a previous result?); use --force to replace it "
+                    f"or --out to write elsewhere")
     if not pred.is_dir():
-        return _error(f"{pred}: prediction folder not found")
-    created = []  # parent folders we make, removed again if the run fails
-    for parent in reversed(out.absolute().parents):
-        if not parent.exists():
-            try:
-                parent.mkdir()
-            except OSError as err:
-                return _error(f"{parent}: cannot create: {err.strerror or err}")
-            created.append(parent)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.absolute().parent))
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; results are for sharing
-    except OSError as err:
-        _remove_created(created)
-        return _error(f"{out.parent}: cannot write: {err.strerror or err}")
-    config = now.NowConfig(pred_dir=pred, gt_dir=args.gt, images=args.images,
-                           scan_unit=args.scan_unit, challenge=args.challenge,
-                           fit_points=args.fit_points or None, exclude=(out, staging))
+        return fail(f"{pred}: prediction folder not found")
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    published = False
     try:
-        report = now.run_now(config, staging, log)
-        _publish(staging, out, replace=args.force)
-        published = True
-    except now.NowInputError as err:
-        return _error(str(err))
+        # Written whole or not at all: a staging folder beside `out`, renamed to it at the end.
+        with staged_dir(out, args.force) as staging:
+            config = now.NowConfig(pred_dir=pred, gt_dir=args.gt, images=args.images,
+                                   scan_unit=args.scan_unit, challenge=args.challenge,
+                                   fit_points=args.fit_points or None, exclude=(out, staging))
+            report = now.run_now(config, staging, log)
+    except (now.NowInputError, FileExistsError) as err:
+        return fail(str(err))
     except OSError as err:
-        return _error(f"{err.filename or out}: {err.strerror or err}")
-    finally:
-        if not published:
-            shutil.rmtree(staging, ignore_errors=True)
-            _remove_created(created)
+        return fail(f"{err.filename or out}: {err.strerror or err}")
     print(now.format_summary(report))
     print(f"results written to {out}")
-    return 0
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _remove_created(created: list[Path]) -> None:
-    for folder in reversed(created):
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
-
-
-def _publish(staging: Path, out: Path, replace: bool) -> None:
-    """Move the finished staging folder to `out` (renames: never a half-written result)."""
-    if out.exists() or out.is_symlink():
-        if not replace:
-            raise now.NowInputError(f"{out}: appeared during the run; results not written")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.absolute().parent))
-        os.replace(out, old / out.name)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run_now(args)
         except KeyboardInterrupt:  # the partial output is already removed
             print("interrupted; nothing written", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
     if args.command == "synthetic":
         from ringnet_tf.evaluate import synthetic
 

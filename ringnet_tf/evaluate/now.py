@@ -48,7 +48,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from flame import constants as C
-from ringnet_tf.evaluate import geometry, meshio, pickpoints, plot
+from flame.mesh_io import MeshReadError, read_mesh, read_obj
+from ringnet_tf.evaluate import geometry, landmark_files, pickpoints, plot
 
 # The 7 NoW landmarks, in the order of the scans' .pp files and of the predictions' landmark
 # files (the order of flame.constants.NOW_LANDMARKS_IN_STATIC).
@@ -255,9 +256,9 @@ def load_scan(scan_path: Path, landmarks_path: Path, scan_unit: str = "mm") -> C
     """
     factor = SCAN_UNITS_TO_MM[scan_unit]
     try:
-        vertices, _ = meshio.read_obj(scan_path, with_faces=False)  # the metric uses vertices only
+        vertices, _ = read_obj(scan_path, with_faces=False)  # the metric uses vertices only
         picked = pickpoints.read_pickpoints(landmarks_path, expected_count=NUM_LANDMARKS)
-    except (meshio.MeshReadError, pickpoints.PickPointsError) as err:
+    except (MeshReadError, pickpoints.PickPointsError) as err:
         raise NowInputError(str(err)) from None
     warnings = tuple(
         f"{landmarks_path}: landmark {i} ({LANDMARK_NAMES[i]}) is marked inactive; used anyway"
@@ -441,9 +442,9 @@ def run_now(config: NowConfig, out_dir: Path, log: Callable[[str], None] = lambd
                 cache.popitem(last=False)
         cache.move_to_end(key.subject)
         try:
-            vertices, faces = meshio.read_mesh(mesh_path)
-            landmarks = meshio.read_landmarks(landmark_path, NUM_LANDMARKS)
-        except meshio.MeshReadError as err:
+            vertices, faces = read_mesh(mesh_path)
+            landmarks = landmark_files.read_landmarks(landmark_path, NUM_LANDMARKS)
+        except MeshReadError as err:
             raise NowInputError(str(err)) from None
         try:
             result = evaluate_prediction(scan, vertices, faces, landmarks, config.fit_points)

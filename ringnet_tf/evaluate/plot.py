@@ -29,19 +29,21 @@ def cumulative_curve(distances_mm: np.ndarray, max_mm: float = CURVE_MAX_MM,
 
 def plot_cumulative_curve(path: str | os.PathLike, thresholds: np.ndarray, percentages: np.ndarray,
                           label: str, title: str = "NoW scan-to-mesh error") -> None:
-    """Write the curve as a PNG (matplotlib, Agg backend: no display needed).
+    """Write the curve as a PNG (matplotlib's Agg renderer: no display needed).
+
+    The figure draws on its own Agg canvas, without pyplot, so the caller's matplotlib backend
+    and pyplot state are left as they are.
 
     Args:
       path: output `.png`.
       thresholds: `[T]` mm; percentages: `[T]` in [0, 100].
       label: legend entry (e.g. "median 1.21 / mean 1.53 / std 1.31 mm").
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    from matplotlib.figure import Figure  # a bare Figure: no pyplot state, safe in a library
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.8), dpi=100)
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(thresholds, percentages, color="tab:blue", linewidth=2.0, label=label)
     ax.set_xlim(0.0, CURVE_MAX_MM)

@@ -31,14 +31,20 @@ Rows, measured in the same run:
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from flame import constants as C
 from ringnet_tf.evaluate import now
+
+if TYPE_CHECKING:
+    import argparse
+
+    from flame.layer import FlameLayer
+    from ringnet_tf.inference import Predictor
+    from ringnet_tf.params import ParamSpec
 
 OUTER_EYE_CORNERS = (36, 45)  # iBUG indices: the NME's normaliser
 CORRELATED_COMPONENTS = 10  # leading shape coefficients in shape_correlation
@@ -159,6 +165,18 @@ def noise_statistics(errors: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _read_synthetic(data_dir: Path, limit: int | None, needs: str) -> tuple[list, dict[str, np.ndarray]]:
+    """A synthetic dataset's first `limit` manifest records and its ground truth; ValueError when
+    the truth lacks `needs` (then it is no synthetic dataset)."""
+    from ringnet_tf.data import dataset as D
+
+    records = D.read_manifest(data_dir)[:limit]
+    gt = D.read_ground_truth(data_dir)
+    if gt is None or needs not in gt:
+        raise ValueError(f"{data_dir}: no ground truth: not a synthetic dataset")
+    return records, gt
+
+
 def measure_detector_noise(data_dir: str | Path, limit: int | None = None, landmarker=None,
                            log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Runs dlib's detector and predictor on a synthetic dataset's images and compares with the
@@ -168,17 +186,13 @@ def measure_detector_noise(data_dir: str | Path, limit: int | None = None, landm
     from scipy.spatial.transform import Rotation
 
     from ringnet_tf import preprocess
-    from ringnet_tf.data import dataset as D
 
     if landmarker is None:
         from ringnet_tf.data.landmarks_dlib import DlibLandmarker
 
         landmarker = DlibLandmarker()
     data_dir = Path(data_dir)
-    records = D.read_manifest(data_dir)[:limit]
-    gt = D.read_ground_truth(data_dir)
-    if gt is None or "pose" not in gt:
-        raise ValueError(f"{data_dir}: no ground truth: not a synthetic dataset")
+    records, gt = _read_synthetic(data_dir, limit, "pose")
     index = {str(k): i for i, k in enumerate(gt["image"])}
     errors, yaws, found = [], [], []
     for n, r in enumerate(records):
@@ -325,7 +339,7 @@ class BenchSet:
     true_rotations: np.ndarray | None = None
 
 
-def load_bench(predictor, data_dir: str | Path, limit: int | None = None, batch_size: int = 8,
+def load_bench(predictor: Predictor, data_dir: str | Path, limit: int | None = None, batch_size: int = 8,
                log: Callable[[str], None] = lambda s: None) -> BenchSet:
     """Reads the dataset, runs the network on every image and builds the truth."""
     from ringnet_tf import preprocess
@@ -333,10 +347,7 @@ def load_bench(predictor, data_dir: str | Path, limit: int | None = None, batch_
 
     data_dir = Path(data_dir)
     meta = D.read_meta(data_dir)
-    records = D.read_manifest(data_dir)[:limit]
-    gt = D.read_ground_truth(data_dir)
-    if gt is None or "neutral_vertices" not in gt:
-        raise ValueError(f"{data_dir}: no ground truth: not a synthetic dataset")
+    records, gt = _read_synthetic(data_dir, limit, "neutral_vertices")
     flame = predictor.flame_layer
     if flame is None:
         raise ValueError("the synthetic benchmark needs a Keras checkpoint (it decodes through FLAME)")
@@ -357,12 +368,10 @@ def load_bench(predictor, data_dir: str | Path, limit: int | None = None, batch_
         crops = []
         for r in batch:
             img = preprocess.read_image(data_dir / r.image)
-            h, w = img.shape[:2]
-            crops.append(preprocess.crop(img, preprocess.centre_box(h, w), size))
-            # Truth landmarks in network-input pixels (the crop is the whole stored image).
-            scale = np.array([size / w, size / h])
-            out["targets"].append(np.concatenate([(r.landmarks[:, :2] + 0.5) * scale - 0.5,
-                                                  r.landmarks[:, 2:]], 1))
+            box = preprocess.centre_box(*img.shape[:2])
+            crops.append(preprocess.crop(img, box, size))
+            # Truth landmarks in network-input pixels, by the crop's own map.
+            out["targets"].append(preprocess.transform_points(r.landmarks, box.affine(size)))
             if r.identity not in scans:
                 # The truth's 7 landmarks come from the same embedding as the predictions'.
                 v = gt["neutral_vertices"][neutral_index[r.identity]].astype(np.float64)
@@ -382,13 +391,14 @@ def load_bench(predictor, data_dir: str | Path, limit: int | None = None, batch_
                     true_rotations=np.asarray([gt["pose"][image_index[str(r.image)]][:3] for r in records]))
 
 
-def predictor_spec(predictor):
+def predictor_spec(predictor: Predictor) -> ParamSpec:
+    """The parameter layout of a predictor's network (from its FLAME layer)."""
     from ringnet_tf.params import ParamSpec
 
     return ParamSpec(predictor.flame_layer.num_shape, predictor.flame_layer.num_expression)
 
 
-def score(bench: BenchSet, predictor, shapes: np.ndarray, landmarks_px: np.ndarray | None = None,
+def score(bench: BenchSet, predictor: Predictor, shapes: np.ndarray, landmarks_px: np.ndarray | None = None,
           chunk: int = 64, params: np.ndarray | None = None) -> MethodResult:
     """The 3D error of neutral meshes FLAME(shapes [N, S]) (shapes [1, S]: the same for all),
     given landmarks_px [N, 68, 2] their NME against the true landmarks, and given params [N, P]
@@ -411,19 +421,18 @@ def score(bench: BenchSet, predictor, shapes: np.ndarray, landmarks_px: np.ndarr
     return res
 
 
-def fitted_landmarks_px(flame, params: np.ndarray, size: int) -> np.ndarray:
+def fitted_landmarks_px(flame: FlameLayer, params: np.ndarray, size: int) -> np.ndarray:
     """[N, P] parameters -> [N, 68, 2] projected landmarks, crop pixels."""
     import tensorflow as tf
 
-    from ringnet_tf.camera import project
-    from ringnet_tf.params import ParamSpec
+    from ringnet_tf.camera import normalised_to_pixels
+    from ringnet_tf.model import decode
 
-    parts = ParamSpec(flame.num_shape, flame.num_expression).split(params)
-    out = flame(*(tf.constant(parts[k], tf.float32) for k in ("shape", "expression", "pose")))
-    return project(out["landmarks"].numpy(), parts["cam"], size)
+    normalised = decode(flame, tf.constant(params, tf.float32))["landmarks2d"].numpy()
+    return normalised_to_pixels(normalised, size)
 
 
-def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None,
+def evaluate_synthetic(predictor: Predictor, data_dir: str | Path, limit: int | None = None,
                        fit_steps: int | None = None, batch_size: int = 8,
                        log: Callable[[str], None] = lambda s: None,
                        shared_sizes: tuple[int, ...] = SHARED_SIZES, noisy: bool = True,
@@ -482,13 +491,14 @@ def evaluate_synthetic(predictor, data_dir: str | Path, limit: int | None = None
     return summarise()
 
 
-def keras_value(variable) -> np.ndarray:
+def keras_value(variable: Any) -> np.ndarray:
+    """A Keras variable's value as a NumPy array."""
     import keras
 
     return keras.ops.convert_to_numpy(variable)
 
 
-def predictor_mean_params(predictor, spec) -> np.ndarray:
+def predictor_mean_params(predictor: Predictor, spec: ParamSpec) -> np.ndarray:
     """The network's starting ("mean") parameters, from its regressor; zeros with a default
     camera scale when the network has none."""
     net = getattr(predictor, "net", None)
@@ -520,29 +530,30 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
+    """`python -m ringnet_tf.evaluate synthetic` (parsed there); exit codes as `ringnet_tf.cli`."""
     import json
+    import sys
 
     from flame.fileutil import atomic_write
     from flame.io import FlameFileError
+    from ringnet_tf.cli import EXIT_OK, fail
     from ringnet_tf.data.dataset import DatasetError
     from ringnet_tf.inference import CheckpointError, load_predictor
 
     if args.out is not None and args.out.exists() and not args.force:
-        print(f"error: {args.out}: exists; use --force to replace it", file=sys.stderr)
-        return 1
+        return fail(f"{args.out}: exists; use --force to replace it")
     try:
         predictor = load_predictor(args.checkpoint, args.flame_model)
         log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
         results = evaluate_synthetic(predictor, args.data, args.limit, args.fit_steps, log=log,
                                      network_only=getattr(args, "network_only", False))
     except (CheckpointError, FlameFileError, DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(str(e))
     print(format_table(results))
     if args.out is not None:
         text = json.dumps({"checkpoint": str(args.checkpoint), "data": str(args.data), "results": results},
                           indent=2)
         atomic_write(args.out, lambda f: f.write(text.encode()))
         print(f"results written to {args.out}")
-    return 0
+    return EXIT_OK

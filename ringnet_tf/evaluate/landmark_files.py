@@ -1,7 +1,7 @@
-"""Reading the landmark files of an evaluation, with errors that name the file.
+"""Reading the landmark files of an evaluation's predictions, with errors that name the file.
 
-Meshes are read by `flame.mesh_io` (strict OBJ, PLY through trimesh); landmarks of predictions
-are `.npy` (`[K, 3]` or `[1, K, 3]`) or `.txt` (one "x y z" line per landmark).
+Landmarks are `.npy` (`[K, 3]` or `[1, K, 3]`) or `.txt` (one "x y z" line per landmark). Meshes
+are read by `flame.mesh_io` (strict OBJ, PLY through trimesh), whose `MeshReadError` this raises.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flame.mesh_io import MeshReadError, _read_text, read_mesh, read_obj  # noqa: F401  (the evaluation's readers)
+from flame.mesh_io import MeshReadError, read_text
 
 
 def read_landmarks(path: str | os.PathLike, count: int) -> np.ndarray:
@@ -27,7 +27,7 @@ def read_landmarks(path: str | os.PathLike, count: int) -> np.ndarray:
         except (OSError, ValueError, EOFError) as err:
             raise MeshReadError(f"{path}: cannot read .npy ({err})") from None
     elif suffix == ".txt":
-        rows = [line.replace(",", " ").split() for line in _read_text(path).splitlines()]
+        rows = [line.replace(",", " ").split() for line in read_text(path).splitlines()]
         rows = [row for row in rows if row and not row[0].startswith("#")]
         try:
             array = np.array(rows, dtype=np.float64)
