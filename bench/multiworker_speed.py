@@ -98,7 +98,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "ringnet_tf.data.synthetic", "--out", args.data,
                             "--identities", "30", "--images-per-identity", "4", "--size",
                             str(args.image_size), "--seed", "3"], check=True, cwd=ROOT,
-                           stdout=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         images = args.ring_size * args.rings_per_batch
         print(f"{args.backbone} at {args.image_size} px, global batch {args.rings_per_batch} rings x "
               f"{args.ring_size} = {images} images, {args.steps} steps, {len(cores)} cores", flush=True)
