@@ -494,6 +494,8 @@ def run(config: TrainConfig, stream=sys.stdout) -> dict[str, Any]:
         with contextlib.nullcontext(stream) if chief else open(os.devnull, "w") as quiet:
             return _run(config, out, flame, strategy, chief, private, quiet, stream)
     except _LOST_WORKER as e:
+        if getattr(strategy, "cluster_resolver", None) is None or not strategy.cluster_resolver.task_type:
+            raise  # one process: not a lost peer, TensorFlow's own error
         latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
         kept = f"the newest checkpoint is {latest}" if latest else "no checkpoint was written"
         # TensorFlow has logged the cause (the peer's address, the gRPC status) just before.
