@@ -123,6 +123,9 @@ FLAG_FIELDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...] | None]] = {
     "w_shape_supervised": (("loss.shape_supervised",), "supervised shape loss (mean neutral-mesh distance "
                            "in mm to the true coefficients' mesh, position and size removed; synthetic "
                            "data only: a pre-training stage); 0 = off", None),
+    "w_shape_coefficients": (("loss.shape_coefficients",), "supervised shape loss on the coefficients "
+                             "themselves (mean squared error against the true ones; synthetic data "
+                             "only: a pre-training stage); 0 = off", None),
     # Optimisation and running.
     "learning_rate": (("learning_rate",), "Adam learning rate (the start of the schedule)", None),
     "lr_schedule": (("lr_schedule",), "learning-rate schedule: constant, or cosine decay to 5% over "

@@ -2,6 +2,7 @@
 
 Uses the project's open head model unless `--flame_model` names a real FLAME download. Useful to
 look at a model, and a smoke test of the whole decoder (files -> TF layer -> mesh file).
+Exit codes: `flame.cli`'s (0 done, 2 bad input: a taken --out, an unreadable model, an unwritable mesh).
 """
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from flame.cli import EXIT_OK, add_flame_model_argument, fail, quiet_tensorflow
+
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m flame.sample", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path, help="output mesh, .obj or .ply")
-    p.add_argument("--flame_model", default=None,
-                   help="FLAME model file or folder (default: the bundled open head model)")
+    add_flame_model_argument(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--num_shape", type=int, default=100, help="identity components used (default 100)")
     p.add_argument("--num_expression", type=int, default=50, help="expression components (default 50)")
@@ -32,9 +34,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.out.exists() and not args.force:
-        print(f"error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)
-        return 1
+        return fail(f"{args.out} exists; pass --force to overwrite it")
     # Imported here so that --help answers without loading TensorFlow.
+    quiet_tensorflow()
     import tensorflow as tf
 
     from flame.io import FlameFileError, load_flame
@@ -45,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_flame(args.flame_model)
         layer = FlameLayer(model, args.num_shape, args.num_expression)
     except (FlameFileError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(str(e))
     rng = np.random.default_rng(args.seed)
     shape = args.shape_std * rng.standard_normal((1, args.num_shape))
     expression = args.expression_std * rng.standard_normal((1, args.num_expression))
@@ -57,11 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         write_mesh(args.out, out["vertices"][0].numpy(), model.faces)
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(str(e))
     print(f"wrote {args.out} ({model.num_vertices} vertices, {model.num_faces} faces) "
           f"from {model.source}, fingerprint {model.fingerprint()}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

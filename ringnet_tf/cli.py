@@ -1,28 +1,21 @@
 """Plumbing shared by the command lines (demo.py, export.py, train.py, `python -m ringnet_tf.*`,
-bench/): the bundled checkpoint's place, the `--flame_model` option, TensorFlow's log level, help
-texts and the exit codes.
+bench/): `flame.cli`'s exit codes, one-line error, `--flame_model` option and TensorFlow's log
+level (re-exported here; see `flame.cli` for the exit codes), plus the bundled checkpoint's place
+and RingNet's help texts.
 
 Imports nothing heavy (no TensorFlow): an entry point imports it first, calls
 `quiet_tensorflow()`, and only then imports what loads TensorFlow.
-
-Exit codes, the same in every command: 0 done; 1 (where a command processes many items, e.g.
-demo.py's images) some items failed and the others were written; 2 bad input: bad usage, a bad
-argument, an unreadable or inconsistent file, a refused output path (one `error: ...` line names
-it); 130 interrupted. Commands with more outcomes add their own codes above these (train.py: 3
-diverged, 4 lost a worker).
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
-from typing import TextIO
 
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+from flame import cli as _flame_cli
+from flame.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, fail, quiet_tensorflow
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "fail", "quiet_tensorflow",
+           "DEFAULT_CHECKPOINT", "FLAME_MODEL_HELP", "BACKBONE_WEIGHTS_HELP", "add_flame_model_argument"]
 
 # The checkpoint the commands use when given none (shipped with the repository).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "ringnet_default"
@@ -32,20 +25,7 @@ FLAME_MODEL_HELP = ("FLAME model file or folder the checkpoint was trained with 
 BACKBONE_WEIGHTS_HELP = "none (random init), imagenet (Keras' download; network needed), or a .weights.h5 path"
 
 
-def quiet_tensorflow(level: str = "2") -> None:
-    """Hides TensorFlow's native INFO and WARNING lines (TF_CPP_MIN_LOG_LEVEL) unless the user
-    set the variable. Call it before TensorFlow is first imported: the native libraries read
-    the variable once, at import."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", level)
-
-
 def add_flame_model_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                              help: str = FLAME_MODEL_HELP) -> None:
-    """Adds `--flame_model PATH` (default None: the project's open head model)."""
-    parser.add_argument("--flame_model", default=None, help=help)
-
-
-def fail(message: str, file: TextIO | None = None) -> int:
-    """Prints `error: <message>` (one line) to stderr (or `file`); returns EXIT_BAD_INPUT."""
-    print(f"error: {message}", file=file or sys.stderr)
-    return EXIT_BAD_INPUT
+    """`flame.cli.add_flame_model_argument`, its help naming the checkpoint's model by default."""
+    _flame_cli.add_flame_model_argument(parser, help)

@@ -108,6 +108,19 @@ def neutral_mesh_loss(shape: tf.Tensor, target: tf.Tensor, weight: tf.Tensor, ba
     return tf.reduce_mean(weight * 1000.0 * tf.reduce_mean(dist, axis=-1))
 
 
+def coefficient_loss(pred: tf.Tensor, target: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+    """Mean squared error of coefficients against labels, over the first min(K, K') of them.
+
+    Args:
+      pred: [B, K]; target: [B, K']; weight: [B], 0 where unlabelled.
+    Returns:
+      [] float32: mean over images of weight * (mean over the coefficients of the squared error).
+    """
+    k = min(pred.shape[-1], target.shape[-1])
+    err = tf.reduce_mean(tf.square(tf.cast(pred[:, :k], tf.float32) - tf.cast(target[:, :k], tf.float32)), axis=-1)
+    return tf.reduce_mean(weight * err)
+
+
 ROBUST_KINDS = ("l2", "l1", "charbonnier", "geman_mcclure")
 
 

@@ -391,16 +391,47 @@ def build_ringnet(flame: FlameModel | FlameLayer, config: ModelConfig = ModelCon
     images = keras.Input((config.image_size, config.image_size, 3), name="images")
     features = build_backbone(config.image_size, config.backbone_weights, config.backbone,
                               config.pool1)(images)
-    regressor = IterativeRegressor(config.mean_params(), config.num_stages, config.hidden,
-                                   config.dropout, name="regressor")
-    stages = regressor(features)
+    outputs = _head_outputs(features, flame, config, lambda name, make: make())
+    return keras.Model(images, outputs, name="ringnet")
+
+
+def head_model(net: keras.Model, config: ModelConfig, feature_mean: np.ndarray | None = None,
+               feature_std: np.ndarray | None = None) -> keras.Model:
+    """The network after its backbone, sharing its layers (and so its weights) with `net`:
+    features [B, F] -> the same outputs as `net`. For training the regressor on features computed
+    once (`ringnet_tf.train_head`).
+
+    With feature_mean and feature_std [F], the regressor sees standardised features
+    (x - mean) / std instead (the pose guidance head, if any, still the raw ones): the same
+    function only once its first layer is rescaled to match (`train_head.fold_standardisation`).
+    """
+    features = keras.Input(tuple(net.get_layer("backbone").output.shape[1:]), name="features")
+    flame = net.get_layer("flame")
+    standardised = None
+    if feature_mean is not None:
+        standardised = keras.layers.Normalization(mean=feature_mean, variance=np.square(feature_std),
+                                                  name="standardise")(features)
+    return keras.Model(features, _head_outputs(features, flame, config, lambda name, make: net.get_layer(name),
+                                               regressor_features=standardised), name="ringnet_head")
+
+
+def _head_outputs(features, flame: FlameLayer, config: ModelConfig,
+                  layer: Callable[[str, Callable[[], keras.layers.Layer]], keras.layers.Layer],
+                  regressor_features=None) -> dict:
+    """The graph after the backbone. layer(name, make) gives the layer called `name`: a new one
+    (make()) when building a network, the existing one when reusing a network's layers;
+    regressor_features (default: features) is what the regressor reads."""
+    spec = config.spec
+    regressor = layer("regressor", lambda: IterativeRegressor(
+        config.mean_params(), config.num_stages, config.hidden, config.dropout, name="regressor"))
+    stages = regressor(features if regressor_features is None else regressor_features)
     if config.output_convention == "ringnet":
         # Every stage's estimate needs the root joint of its own shape and expression: one FLAME
         # pass over all B * T estimates (zero pose; only its joints are used).
         flat = keras.ops.reshape(stages, (-1, spec.total))
         ring = {name: flat[:, s] for name, s in spec.slices().items()}
         rest = flame(ring["shape"], ring["expression"], keras.ops.zeros_like(ring["pose"]))
-        flat = RingNetConvention(config.image_size, name="ringnet_convention")(
+        flat = layer("ringnet_convention", lambda: RingNetConvention(config.image_size, name="ringnet_convention"))(
             flat, rest["joints"][:, 0, 1])
         stages = keras.ops.reshape(flat, (-1, config.num_stages, spec.total))
     theta = stages[:, -1]
@@ -412,14 +443,13 @@ def build_ringnet(flame: FlameModel | FlameLayer, config: ModelConfig = ModelCon
         jaw = parts["pose"][:, 3:]
         rest = flame(parts["shape"], parts["expression"], keras.ops.concatenate(
             [keras.ops.zeros_like(jaw), jaw], axis=-1))
-        head = LandmarkPose(_mean_camera_landmarks(flame, config), name="pose_head")
+        head = layer("pose_head", lambda: LandmarkPose(_mean_camera_landmarks(flame, config), name="pose_head"))
         landmarks_cam, rotation, cam = head(features, theta, rest["landmarks"], rest["joints"][:, 0])
         parts = {**parts, "cam": cam, "pose": keras.ops.concatenate([rotation, jaw], axis=-1)}
         theta = keras.ops.concatenate([parts[name] for name in spec.slices()], axis=-1)
         extra = {"landmarks_camera": landmarks_cam}
-    outputs = {"params": theta, "params_stages": stages,
-               **decode(flame, parts, project=WeakPerspective(name="project")), **extra}
-    return keras.Model(images, outputs, name="ringnet")
+    project = layer("project", lambda: WeakPerspective(name="project"))
+    return {"params": theta, "params_stages": stages, **decode(flame, parts, project=project), **extra}
 
 
 def decode(flame: FlameLayer, params: Any, project: Callable = camera.project_normalised) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 PANELS = (("loss", "total loss"), ("landmarks", "landmark loss (normalised L1)"),
           ("shape_consistency", "shape consistency (hinge)"), ("shape_prior", "mean ||shape||^2"))
+# Drawn when a run logged them (ringnet_tf.train_head on data with ground truth).
+OPTIONAL_PANELS = (("shape_correlation", "validation shape correlation"),)
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -56,17 +58,25 @@ def read_stages(run_dirs: list[str | Path]) -> tuple[dict[str, list[tuple[int, f
 
 
 def plot(run_dirs: str | Path | list[str | Path], out: str | Path) -> Path:
-    import matplotlib
+    """Draws the runs' curves (`read_stages`) into the PNG `out` (written whole or not at all).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    On its own Agg canvas, without pyplot: the caller's matplotlib backend and pyplot state are
+    left as they are.
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     from flame.fileutil import atomic_write
 
     run_dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     series, starts = read_stages(run_dirs)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.5 * len(PANELS), 3.6))
-    for ax, (name, title) in zip(axes, PANELS):
+    panels = PANELS + tuple(p for p in OPTIONAL_PANELS if f"interval/val_{p[0]}" in series)
+    fig = Figure(figsize=(4.5 * len(panels), 3.6))
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    axes = fig.subplots(1, len(panels))
+    for ax, (name, title) in zip(axes, panels):
         for tag, label, style in ((f"train/{name}", "training", "-"), (f"interval/val_{name}", "validation", "o-")):
             if tag in series:
                 steps, values = zip(*series[tag])
@@ -82,11 +92,8 @@ def plot(run_dirs: str | Path | list[str | Path], out: str | Path) -> Path:
             ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="grey")
     fig.suptitle("RingNet training: " + " then ".join(Path(r).name for r in run_dirs))
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return atomic_write(out, lambda f: f.write(buf.getvalue()))
 
 

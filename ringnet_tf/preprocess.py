@@ -1,13 +1,17 @@
 """The one image preprocessing of the project, shared by data preparation, training, demo and export.
 
 Steps:
-0. Read: any image file as uint8 RGB, EXIF orientation applied (`read_image`).
+0. Read: any image file as uint8 RGB, EXIF orientation applied (`read_image`; training decodes
+   its stored bytes with the same `decode_image`).
 1. Crop: a square box around the face (from its 68 landmarks), enlarged by `CROP_SCALE` so the
    whole head and some background fit ("loosely cropped"), resampled to a square image (`crop`).
    Points (landmarks) go through the same affine map as the pixels (`transform_points`).
+   Training warps its stored crops to the network input inside tf.data (`warp`: the
+   augmentation's random similarity, the same bilinear sampling and edge replication).
    The SavedModel's signatures take crops of any size and resample them in its graph
    (`resize_to_input`); their landmarks go back with `resize_points`.
-2. Normalise: uint8 RGB -> float32 in [-1, 1] (`2 * (x / 255 - 0.5)`, as RingNet; `normalise`).
+2. Normalise: uint8 RGB -> float32 in [-1, 1] (`2 * (x / 255 - 0.5)`, as RingNet; `normalise`;
+   back to uint8 for showing: `denormalise`).
 
 Without a face box, `centre_box` + `crop` reproduce the original RingNet demo's preprocessing
 exactly (RingNet's util/image.py, after HMR): scale the longer side to the crop size, pad by edge
@@ -18,9 +22,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # Box side relative to the landmarks' extent (max of width and height of their bounding box).
 CROP_SCALE = 1.6
@@ -77,6 +85,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         data = np.fromfile(path, np.uint8)
     except OSError as e:
         raise ImageReadError(path, "unreadable", e.strerror or str(e)) from None
+    return decode_image(data, path)
+
+
+def decode_image(data: bytes | np.ndarray, path: str | os.PathLike = "<image>") -> np.ndarray:
+    """An encoded image file's contents (bytes, or [N] uint8) -> [H, W, 3] uint8 RGB, as
+    `read_image` (which reads the file and calls this; training decodes its stored bytes with it).
+    `path` only names the image in an ImageReadError."""
+    data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
         raise ImageReadError(path, "empty", "0 bytes")
     if data[:2].tobytes() == b"\xff\xd8":
@@ -189,6 +205,7 @@ def crop(image: np.ndarray, box: Box, out_size: int) -> np.ndarray:
 
     image: [H, W, 3] uint8 RGB. Returns [out_size, out_size, 3] uint8.
     """
+    # OpenCV, not `warp`: photos are cropped outside any graph (preparation, demo, evaluation).
     if isinstance(box, CentreBox):
         return _crop_like_ringnet(image, box, out_size)
     affine = box.affine(out_size)
@@ -220,12 +237,29 @@ def transform_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.concatenate([xy, pts[..., 2:]], axis=-1)
 
 
+def warp(image: tf.Tensor, matrix: tf.Tensor, size: int) -> tf.Tensor:
+    """[H, W, C] float TF tensor -> [size, size, C]: resampled through `matrix` ([3, 3] float32, a
+    map from the image's pixels to the output's, pixel centres at whole numbers), bilinear, edge
+    replication outside: `crop`'s sampling as a TF op. No blur before shrinking: training's stored
+    crops are within about 2x of the network input, where the two agree (tested).
+    """
+    import tensorflow as tf
+
+    # A TF op, not `crop`: the augmentation draws a random similarity per image inside tf.data.
+    transform = tf.reshape(tf.linalg.inv(matrix), [9])[:8][None, :]  # output -> input pixels
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform, output_shape=tf.constant([size, size]),
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")[0]
+
+
 def resize_to_input(images, size: int):
     """[B, H, W, 3] float TF tensor -> [B, size, size, 3]: a crop of any size resampled to the
     network's input inside a TF graph (the SavedModel's signatures), antialiased bilinear.
 
     Not `crop`: that one runs OpenCV on the photo, outside any graph; this one receives crops
-    already made (by whatever the client uses) and must stay a TF op to be exported.
+    already made (by whatever the client uses) and must stay a TF op to be exported. Not `warp`:
+    a client's crop can be any size, so shrinking is antialiased (`crop` and `warp` agree with it
+    at and above the input size; tested).
     """
     import tensorflow as tf
 
@@ -246,3 +280,9 @@ def normalise(image):
     import tensorflow as tf
 
     return (tf.cast(image, tf.float32) / 255.0 - 0.5) * 2.0
+
+
+def denormalise(image: np.ndarray) -> np.ndarray:
+    """`normalise`'s inverse for showing a network input: [..., 3] float in [-1, 1] (NumPy) ->
+    uint8 RGB, rounded to the nearest level and clipped."""
+    return np.clip(np.rint((np.asarray(image, np.float32) / 2.0 + 0.5) * 255.0), 0, 255).astype(np.uint8)

@@ -37,7 +37,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +47,12 @@ import tensorflow as tf
 
 from flame.fileutil import atomic_write, check_can_create
 from flame.io import load_flame
-from ringnet_tf import camera
+from ringnet_tf import camera, preprocess
 from ringnet_tf.data import dataset as D
 from ringnet_tf.export import export_saved_model
 from ringnet_tf.data.rings import RingConfig, RingSampler, Shard, dataset_form, open_rings
 from ringnet_tf.model import ModelConfig, build_ringnet
+from ringnet_tf.progress import Progress
 from ringnet_tf.trainer import NONFINITE, LossConfig, RingNetTrainer
 
 # Fields that may change between a run and its resumption (jit_compile: XLA or not, the same maths;
@@ -266,7 +266,8 @@ def _losses(logs: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class _Progress(keras.callbacks.Callback):
-    """A progress line every `every` steps: step, losses, images per second.
+    """Training's log through the one reporter (`progress.Progress`): a line every `every` steps
+    (`step n/N  losses  rate img/s`), its figures also to TensorBoard.
 
     Stops on a non-finite loss or weight, checked every step (before the interval's checkpoint,
     which is written at the epoch's end, so no checkpoint holds the diverged weights).
@@ -277,7 +278,7 @@ class _Progress(keras.callbacks.Callback):
         super().__init__()
         self.every, self.images_per_step, self.total, self.stream = every, images_per_step, total, stream
         self.writer, self.manager = writer, manager
-        self.last_time, self.last_step = None, None
+        self.progress: Progress | None = None
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
@@ -291,19 +292,18 @@ class _Progress(keras.callbacks.Callback):
             raise FloatingPointError(f"{what} at step {step}; training stopped, {kept}: lower "
                                      f"--learning_rate or check the data")
         logs = _losses(logs)
-        now = time.perf_counter()
-        if self.last_time is None:
-            self.last_time, self.last_step = now, step
+        if self.progress is None:
+            # Rates count from the first step's end: that step holds tracing and compilation.
+            self.progress = Progress(self.total, "step", stream=self.stream, every=self.every, done=step,
+                                     rate_per_unit=self.images_per_step, unit="step", rate_unit="img")
             return
-        if step % self.every == 0 or step == self.total:
-            rate = (step - self.last_step) * self.images_per_step / max(now - self.last_time, 1e-9)
-            parts = "  ".join(f"{k} {float(v):.4g}" for k, v in logs.items())
-            print(f"step {step}/{self.total}  {parts}  {rate:.1f} img/s", file=self.stream, flush=True)
+        rate = self.progress.update(step - self.progress.done,
+                                    "  ".join(f"{k} {float(v):.4g}" for k, v in logs.items()))
+        if rate is not None:
             with self.writer.as_default(step=step):
                 for k, v in logs.items():
                     tf.summary.scalar(f"train/{k}", float(v))
                 tf.summary.scalar("train/images_per_second", rate)
-            self.last_time, self.last_step = now, step
 
 
 class _CheckpointAndSummaries(keras.callbacks.Callback):
@@ -337,7 +337,7 @@ class _CheckpointAndSummaries(keras.callbacks.Callback):
         pred = camera.normalised_to_pixels(out["landmarks2d"].numpy(), self.image_size)
         drawn = []
         for img, p, t in zip(images, pred, self.sample["landmarks"]):
-            canvas = np.ascontiguousarray(((img + 1) * 127.5).clip(0, 255).astype(np.uint8))
+            canvas = np.ascontiguousarray(preprocess.denormalise(img))
             for (x, y, c) in t:
                 if c > 0:
                     cv2.circle(canvas, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)

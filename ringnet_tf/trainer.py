@@ -16,7 +16,7 @@ from flame.layer import FlameLayer
 from ringnet_tf import camera, losses
 
 LOSS_NAMES = ("loss", "shape_consistency", "landmarks", "shape_prior", "expression_prior",
-              "landmarks3d", "shape_supervised")
+              "landmarks3d", "shape_supervised", "shape_coefficients")
 # Key of the train step's logs that is 1 when this step's loss or any weight after its update is
 # not finite (0 otherwise): a per-step value, not a running mean, and not a loss to report.
 NONFINITE = "nonfinite"
@@ -36,6 +36,9 @@ class LossConfig:
     # coefficients, which only synthetic data has: a pre-training stage, not RingNet's method.
     landmarks3d: float = 0.0
     shape_supervised: float = 0.0
+    # The true shape coefficients themselves (mean squared error): the most direct signal where
+    # they exist; the neutral-mesh loss above alone taught the regressor no shape (train_head).
+    shape_coefficients: float = 0.0
 
 
 class RingNetTrainer(keras.Model):
@@ -48,11 +51,14 @@ class RingNetTrainer(keras.Model):
     anything (a checkpoint, the next step) uses its weights.
     """
 
-    def __init__(self, net: keras.Model, loss_config: LossConfig = LossConfig(), **kwargs: Any):
+    def __init__(self, net: keras.Model, loss_config: LossConfig = LossConfig(), image_size: int | None = None,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.net = net
         self.loss_config = loss_config
-        self.image_size = int(net.input_shape[1])
+        # The landmarks' pixel frame; given when `net` takes features rather than images
+        # (`model.head_model`), whose "images" in a batch are then [NB, R, F] features.
+        self.image_size = int(image_size or net.input_shape[1])
         flame = [layer for layer in net.layers if isinstance(layer, FlameLayer)]
         # The shape blend shapes [S, 3V] (planar), for the supervised shape loss's neutral meshes.
         self._shape_basis = flame[0].basis[:flame[0].num_shape] if flame else None
@@ -109,6 +115,9 @@ class RingNetTrainer(keras.Model):
             zero if flat["shape"] is None or self._shape_basis is None
             else losses.neutral_mesh_loss(out["shape"], flat["shape"], flat["has_shape"],
                                           self._shape_basis, self._template))
+        parts["shape_coefficients"] = (
+            zero if flat["shape"] is None
+            else losses.coefficient_loss(out["shape"], flat["shape"], flat["has_shape"]))
         parts["loss"] = tf.add_n([getattr(cfg, k) * v for k, v in parts.items()])
         return parts, out
 

@@ -40,7 +40,7 @@ def test_landmarks_scale_to_the_given_image_size(exported):
     b = sm.serve(tf.constant(big))["landmarks2d"].numpy()
     # The network sees the image resized to its input size; its landmarks (in its input's pixels)
     # come back 3x wider and 2x taller, pixel centres at whole numbers on both sides.
-    seen = tf.image.resize(preprocess.normalise(big), [32, 32], method="bilinear", antialias=True)
+    seen = preprocess.resize_to_input(preprocess.normalise(big), 32)
     a = camera.normalised_to_pixels(net(seen, training=False)["landmarks2d"].numpy(), 32)
     np.testing.assert_allclose((b + 0.5) / [3.0, 2.0] - 0.5, a, atol=1e-3)
 

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from flame.geometry import rotation_from_axis_angle
 from ringnet_tf.model import ModelConfig, build_backbone, build_ringnet, ringnet_to_ours
 from tests.conftest import make_tiny_model
 
@@ -113,15 +114,6 @@ def test_slim_pool1_is_a_same_max_pool_with_the_same_weights():
     assert np.abs(slim_net(x).numpy() - keras_net(x).numpy()).max() > 1e-3
 
 
-def _rodrigues(r):
-    a = np.linalg.norm(r)
-    if a == 0:
-        return np.eye(3)
-    k = r / a
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
-
-
 def _ring_theta(rng, n, global_rot):
     theta = np.zeros((n, 159))
     theta[:, 0] = 8 + rng.normal(size=n)
@@ -158,8 +150,8 @@ def test_ringnet_convention_gives_the_same_mesh_and_pixels(case):
     ours = ringnet_to_ours(tf.constant(theta), tf.constant(root[:, 1]), float(size)).numpy()
     flip = np.diag([1.0, -1.0, -1.0])
     for o, t in zip(ours, theta):
-        np.testing.assert_allclose(_rodrigues(o[3:6].astype(np.float64)),
-                                   flip @ _rodrigues(t[3:6].astype(np.float64)), atol=2e-6)
+        np.testing.assert_allclose(rotation_from_axis_angle(o[3:6]),
+                                   flip @ rotation_from_axis_angle(t[3:6]), atol=2e-6)
     np.testing.assert_array_equal(ours[:, 6:], theta[:, 6:])
     ring_v, our_v = decode(theta)["vertices"].numpy(), decode(ours)["vertices"].numpy()
     np.testing.assert_allclose(our_v, (ring_v - root[:, None]) @ flip + root[:, None], atol=1e-6)

@@ -20,6 +20,7 @@ import scipy.sparse
 
 from flame import constants as C
 from flame import openhead
+from flame.geometry import rotation_about_y
 from flame.model import (DYNAMIC_EMBEDDING_FILENAME, MODEL_FILENAME, STATIC_EMBEDDING_FILENAME,
                          save_flame_files)
 from flame.openhead import cache as openhead_cache
@@ -391,8 +392,7 @@ def test_contour_lies_on_the_silhouette_when_turned_away(model, masks, yaw):
     row = int(round(min(-yaw, 39)))
     row = row if row >= 0 else min(39 - row, 78)
     assert yaw_of_row(row) == yaw
-    th = np.deg2rad(yaw)
-    rot = np.array([[np.cos(th), 0, np.sin(th)], [0, 1, 0], [-np.sin(th), 0, np.cos(th)]])
+    rot = rotation_about_y(yaw)
     verts = model.v_template @ rot.T  # the head turned; camera on +z, orthographic
     pts = contour_points(model, row, verts)[:, :2]
     head = verts[masks["skin"] & ~masks["neck"]][:, :2]

@@ -29,3 +29,15 @@ def test_stages_are_drawn_one_after_the_other(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_run.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_leaves_matplotlibs_backend_and_pyplot_alone(tmp_path, monkeypatch):
+    import sys
+
+    import matplotlib
+
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail("plot changed the global backend"))
+    monkeypatch.delitem(sys.modules, "matplotlib.pyplot", raising=False)
+    _write_run(tmp_path / "a", [10, 20], 1.0)
+    assert plot_run.plot(tmp_path / "a", tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "matplotlib.pyplot" not in sys.modules  # its own Figure and Agg canvas

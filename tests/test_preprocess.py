@@ -1,4 +1,5 @@
-"""The shared preprocessing: crop boxes, the affine map of pixels and points, normalisation."""
+"""The shared preprocessing: crop boxes, the affine map of pixels and points, the resampling paths
+(OpenCV crop, training warp, export resize) agreeing, normalisation."""
 import numpy as np
 import pytest
 
@@ -40,6 +41,53 @@ def test_normalise_numpy_and_tf():
     img = np.array([[[0, 255, 51]]], np.uint8)
     np.testing.assert_allclose(P.normalise(img), [[[-1.0, 1.0, -0.6]]], atol=1e-6)
     np.testing.assert_allclose(P.normalise(tf.constant(img)).numpy(), [[[-1.0, 1.0, -0.6]]], atol=1e-6)
+    every = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, -1)
+    np.testing.assert_array_equal(P.denormalise(P.normalise(every)), every)
+    np.testing.assert_array_equal(P.denormalise(np.float32([[-1.5, 1.5, 0.0]])), [[0, 255, 128]])
+
+
+def _smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """[height, width, 3] uint8: smooth colours (bilinear sampling of it is well defined)."""
+    import cv2
+
+    small = np.random.default_rng(seed).integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def _levels_apart(a, b) -> tuple[float, float]:
+    """Largest and mean absolute difference, in levels of 0..255."""
+    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    return float(d.max()), float(d.mean())
+
+
+@pytest.mark.parametrize("hw, box, out", [
+    ((48, 48), P.Box(23.5, 23.5, 48.0), 32),   # the whole image, shrunk 1.5x
+    ((32, 32), P.Box(15.5, 15.5, 32.0), 48),   # enlarged
+    ((36, 48), P.Box(23.5, 17.5, 48.0), 40),   # not square: edge replication above and below
+    ((60, 60), P.Box(35.0, 22.0, 40.0), 32),   # off centre, partly outside the image
+])
+def test_training_warp_samples_as_crop(hw, box, out):
+    # Two implementations by necessity (tf.data graph vs OpenCV on photos): the same map must
+    # give the same pixels, up to OpenCV's fixed-point bilinear weights and its uint8 rounding.
+    import tensorflow as tf
+
+    image = _smooth_image(*hw)
+    matrix = np.vstack([box.affine(out), [0.0, 0.0, 1.0]]).astype(np.float32)
+    warped = P.warp(tf.constant(image, tf.float32), tf.constant(matrix), out).numpy()
+    worst, mean = _levels_apart(warped, P.crop(image, box, out))
+    assert worst <= 1.5 and mean <= 0.5, (worst, mean)
+
+
+@pytest.mark.parametrize("side, out", [(32, 32), (32, 48), (40, 56)])
+def test_export_resize_samples_as_crop_at_and_above_the_input_size(side, out):
+    # The SavedModel's resize (antialiased, for clients' crops of any size) and `crop` of the
+    # whole image agree where no shrinking happens; below the input size only the first blurs.
+    import tensorflow as tf
+
+    image = _smooth_image(side, side)
+    resized = P.resize_to_input(tf.constant(image, tf.float32)[None], out)[0].numpy()
+    worst, mean = _levels_apart(resized, P.crop(image, P.Box((side - 1) / 2, (side - 1) / 2, float(side)), out))
+    assert worst <= (0.0 if side == out else 1.5) and mean <= 0.5, (worst, mean)
 
 
 def _ringnet_demo_crop(img: np.ndarray, img_size: int) -> np.ndarray:

@@ -181,3 +181,42 @@ def test_colour_jitter_draws_differ_between_seeds_and_repeat_for_one():
     assert len({round(m, 4) for m in means}) == 4  # every seed its own draw
     a, b = _jitter_pair(1)[0], _jitter_pair(1)[0]
     np.testing.assert_array_equal(a, b)  # stateless: the same seed, the same pixels
+
+
+def _exif_rotated_jpeg(path, orientation: int = 6) -> None:
+    """A 32 x 32 JPEG whose EXIF orientation tag says how to turn it for viewing (6: a quarter to
+    the right). Smooth and asymmetric, so every turn and mirror of it is told apart."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:32, 0:32].astype(np.float32)
+    rgb = np.stack([8 * x, 8 * y, 255 - 4 * (x + y)], -1)
+    rgb[:10, :10] = (250, 250, 0)  # a block in one corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path, quality=95, exif=exif)
+
+
+@pytest.mark.parametrize("form", ["manifest", "tfrecords"])
+def test_training_decodes_an_exif_rotated_jpeg_as_the_demo_does(tmp_path, form):
+    from ringnet_tf import preprocess
+    from ringnet_tf.data import dataset as D
+    from ringnet_tf.data.rings import open_rings
+
+    records = []
+    for i, ident in enumerate(["a", "a", "b", "b"]):
+        name = f"{ident}/{i}.jpg"
+        (tmp_path / ident).mkdir(exist_ok=True)
+        _exif_rotated_jpeg(tmp_path / name)
+        records.append(D.Record(name, ident, np.tile(np.float32([16, 16, 1]), (68, 1))))
+    D.write_manifest(tmp_path, records)
+    D.write_meta(tmp_path, {"source": "test"})
+    path = D.write_tfrecords(tmp_path, num_shards=1) if form == "tfrecords" else tmp_path
+    # Without augmentation a 32 px image at a 32 px input is warped by the identity.
+    cfg = RingConfig(ring_size=3, rings_per_batch=1, image_size=32, augment=False)
+    images = next(iter(open_rings(path, cfg)))["images"].numpy()[0]  # [R, 32, 32, 3] in [-1, 1]
+    demo = preprocess.read_image(tmp_path / records[0].image)
+    stored = cv2.cvtColor(cv2.imread(str(tmp_path / records[0].image), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+    assert np.abs(np.rot90(stored, -1).astype(int) - demo).max() <= 4  # the demo turns it right
+    for image in images:
+        np.testing.assert_allclose((image + 1) * 127.5, demo, atol=1.0)
+        assert np.abs((image + 1) * 127.5 - stored).mean() > 40  # not the stored orientation

@@ -10,6 +10,7 @@ import scipy.spatial
 import trimesh
 
 from flame import uv as U
+from flame.geometry import rotation_about_y
 from flame.io import FlameFileError, load_flame
 from flame.mesh_io import read_obj
 from ringnet_tf import render, texture as T
@@ -34,11 +35,6 @@ def uv(model, tmp_path_factory):
     return (*U.load_uv(model, cache_dir=cache), cache)
 
 
-def _rot_y(deg: float) -> np.ndarray:
-    t = np.deg2rad(deg)
-    return np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])
-
-
 @pytest.fixture(scope="module")
 def scene(model, uv):
     """A random head turned 25 degrees, with smooth known colours, rendered into a 'photo' of its
@@ -47,7 +43,7 @@ def scene(model, uv):
     rng = np.random.default_rng(3)
     beta = rng.normal(size=10)
     v = model.v_template + model.shapedirs[:, :, :10] @ beta
-    v = (v - v.mean(0)) @ _rot_y(25.0).T
+    v = (v - v.mean(0)) @ rotation_about_y(25.0).T
     # Low-frequency colours: the photo's bilinear sampling and a texel's size change them little.
     colors = 0.5 + 0.4 * np.sin(v * np.array([35.0, 45.0, 30.0]) + np.array([0.0, 1.0, 2.0]))
     cam = np.array([1.0 / 0.16, 0.0, 0.02])

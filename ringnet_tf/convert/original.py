@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable, TextIO
 import numpy as np
 
 from flame import constants as C
+from flame.geometry import rotation_from_axis_angle
 
 if TYPE_CHECKING:
     from flame.model import FlameModel
@@ -701,15 +702,9 @@ def _find_vertex_output(graph, final_theta: str, num_vertices: int | None):
                           f"({', '.join(sorted(t.name for t in sinks)[:3])}): cannot tell FLAME's vertices")
 
 
-def _rodrigues_np(r: np.ndarray) -> np.ndarray:
-    """[N, 3] -> [N, 3, 3], float64."""
-    out = np.empty((len(r), 3, 3))
-    for i, v in enumerate(np.asarray(r, np.float64)):
-        a = np.linalg.norm(v)
-        k = v / a if a > 0 else np.zeros(3)
-        K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-        out[i] = np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
-    return out
+def _rotations(r: np.ndarray) -> np.ndarray:
+    """[N, 3] axis-angle -> [N, 3, 3] float64 rotations (flame.geometry's Rodrigues)."""
+    return np.stack([rotation_from_axis_angle(v) for v in np.asarray(r, np.float64)])
 
 
 @dataclasses.dataclass
@@ -775,7 +770,7 @@ def verify(predictor: KerasPredictor, run: GraphRun, images: np.ndarray, ref_fla
     ring_px = (ring[:, None, :1] * (run.vertices[..., :2] + ring[:, None, 1:3]) + 1.0) * size / 2
     report.pixels = float(np.abs(camera.project(ours_v.astype(np.float64), ours_theta.astype(np.float64), size)
                                  - ring_px).max())
-    report.rotation = float(np.abs(_rodrigues_np(ours_theta[:, 3:6]) - F_FLIP @ _rodrigues_np(ring[:, 3:6])).max())
+    report.rotation = float(np.abs(_rotations(ours_theta[:, 3:6]) - F_FLIP @ _rotations(ring[:, 3:6])).max())
     report.vertex_tensor = run.vertex_tensor
     if report.vertices > VERTEX_TOLERANCE or report.pixels > PIXEL_TOLERANCE:
         hint = "" if ref_flame is not None else (" (the checkpoint holds no FLAME arrays: was the graph built "

@@ -217,12 +217,7 @@ def _augment(image: tf.Tensor, landmarks: tf.Tensor, landmarks3d: tf.Tensor, con
     size = config.image_size
     scale, shift, angle, flip = _affine_params(config, seed)
     m = _warp_matrix(tf.shape(image)[:2], size, scale, shift, angle, flip)
-    inv = tf.linalg.inv(m)
-    transform = tf.reshape(inv, [9])[:8][None, :]
-    warped = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(image, tf.float32)[None], transforms=transform,
-        output_shape=tf.constant([size, size]), fill_value=0.0, interpolation="BILINEAR",
-        fill_mode="NEAREST")[0]
+    warped = preprocess.warp(tf.cast(image, tf.float32), m, size)
     # 2D and 3D landmarks side by side: one map, one mirror reordering.
     both = tf.concat([landmarks[:, :2], landmarks3d[:, :2]], axis=0)
     moved = both @ tf.transpose(m[:2, :2]) + m[:2, 2]
@@ -248,7 +243,11 @@ def _augment(image: tf.Tensor, landmarks: tf.Tensor, landmarks3d: tf.Tensor, con
 
 
 def _decode(data: tf.Tensor) -> tf.Tensor:
-    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+    """data: [] string, an encoded image file. Returns [H, W, 3] uint8 RGB: the pixels the demo and
+    the data preparation read (EXIF orientation applied, alpha over grey, 16-bit scaled)."""
+    # preprocess's decoder, not tf.io.decode_image (no EXIF, no alpha): one decoder; speed within noise (train_speed.py).
+    image = tf.numpy_function(lambda b: preprocess.decode_image(b, "<ring image>"), [data], tf.uint8,
+                              stateful=False)
     image.set_shape([None, None, 3])
     return image
 

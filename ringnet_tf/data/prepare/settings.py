@@ -44,7 +44,9 @@ class NothingKept(PrepareError):
 
 
 class Skip(Exception):
-    """One source file left out: reason (an R_* above) and a one-line detail."""
+    """One source file left out: reason (an R_* above) and a one-line detail. The face policy's
+    verdict is `landmarks_dlib.FaceRejected` (the demo's too), recorded the same way; this one is
+    the file's other fates (unreadable, misplaced, a name clash, ...)."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason, detail)
