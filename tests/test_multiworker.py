@@ -8,6 +8,7 @@ killed worker stops the run with one clear line and a rerun resumes from the las
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -140,83 +141,112 @@ def root(tmp_path_factory):
     return root
 
 
+# One two-worker run serves every process test (each train.py process is seconds of TensorFlow
+# start-up on a shared 2-core machine): it trains alongside a one-worker run of the same global
+# batch, a worker is killed after its fourth step, and a rerun of both workers finishes the run.
+FIRST_STEPS = 4  # compared with one worker; checkpoints every 2 steps
+
+
 @pytest.fixture(scope="module")
-def two_and_one(root):
-    """The same 2 steps on two workers and on one (global batch 4 rings of 4 images)."""
-    two = Workers(root, root / "two", "two", "--num_steps", "2", "--checkpoint_every", "1")
-    try:
-        one = subprocess.run([sys.executable, *_flags(root, root / "one", "--num_steps", "2",
-                                                       "--checkpoint_every", "1", "--distribute", "none")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
-        codes = two.wait()
-    finally:
-        two.kill()
-    return two, codes, one
-
-
-def test_two_workers_take_the_step_one_worker_takes(root, two_and_one):
-    two, codes, one = two_and_one
-    assert codes == [0, 0], two.text(0, 1)[-2000:] + two.text(1, 1)[-2000:]
-    assert one.returncode == 0, one.stderr[-2000:]
-    losses_two, losses_one = _step_losses(two.text(0)), _step_losses(one.stdout)
-    assert losses_two and losses_two.keys() == losses_one.keys()
-    for step in losses_one:
-        assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-4)
-    for step in (1, 2):
-        a, b = _weights(root / "two" / "checkpoints" / f"ckpt-{step}"), _weights(root / "one" / "checkpoints" / f"ckpt-{step}")
-        assert a.keys() == b.keys() and len(a) > 10
-        for k in a:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=f"step {step}: {k}")
-    # The weights did move: the comparison is not between two initialisations.
-    first = _weights(root / "two" / "checkpoints" / "ckpt-1")
-    second = _weights(root / "two" / "checkpoints" / "ckpt-2")
-    assert max(float(np.abs(first[k] - second[k]).max()) for k in first) > 1e-4
-
-
-def test_only_the_chief_writes(root, two_and_one):
-    two, codes, _ = two_and_one
-    assert codes == [0, 0]
-    run = root / "two"
-    files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
-    assert [f for f in files if not f.startswith("tensorboard/")] == [
-        "checkpoints/checkpoint", *[f"checkpoints/ckpt-{s}.{ext}" for s in (1, 2)
-                                    for ext in ("data-00000-of-00001", "index")],
-        "config.json", "ringnet.keras"]
-    assert len([f for f in files if f.startswith("tensorboard/")]) == 1  # one events file: the chief's
-    assert not [f for f in files if f.endswith(".tmp") or ".tmp" in Path(f).name]
-    for tmp in two.tmp:  # the non-chief's private checkpoint folder is gone, the chief made none
-        assert list(tmp.iterdir()) == []
-    assert two.text(1).strip() == "done: 2 steps (worker 1; the chief writes the run)"
-    assert two.text(0).splitlines()[-1].startswith("done: 2 steps; wrote ")
-
-
-def test_a_killed_worker_stops_the_run_and_a_rerun_resumes(root):
+def killed_and_resumed(root):
+    """Phase 1: two workers (--num_steps 100000) and one worker (--num_steps 4) with the same
+    global batch (4 rings of 4 images); worker 1 is killed once the chief has written ckpt-4, and
+    the chief's exit code, its wait and the weights of ckpt-2 and ckpt-4 of both runs are kept.
+    Phase 2: both workers rerun with the same command to the newest checkpoint + 2."""
     out = root / "killed"
+    one_log = open(root / "one.out", "w+"), open(root / "one.err", "w+")
+    one = subprocess.Popen([sys.executable, *_flags(root, root / "one", "--num_steps", str(FIRST_STEPS),
+                                                     "--checkpoint_every", "2", "--distribute", "none")],
+                           cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, stdout=one_log[0],
+                           stderr=one_log[1])
     workers = Workers(root, out, "killed", "--num_steps", "100000", "--checkpoint_every", "2")
+    two_weights = {}
     try:
         deadline = time.monotonic() + TIMEOUT
-        while not (out / "checkpoints" / "ckpt-4.index").exists():
+        while not (out / "checkpoints" / f"ckpt-{FIRST_STEPS}.index").exists():
             assert time.monotonic() < deadline and all(p.poll() is None for p in workers.procs), \
-                workers.text(0, 1)[-2000:]
-            time.sleep(0.2)
+                workers.text(0, 1)[-2000:] + workers.text(1, 1)[-2000:]
+            if 2 not in two_weights and (out / "checkpoints" / "ckpt-2.index").exists():
+                # Read at once: the run goes on until the kill, and ckpt-2 is deleted at ckpt-8.
+                with contextlib.suppress(tf.errors.OpError):  # (read again if caught mid-write)
+                    two_weights[2] = _weights(out / "checkpoints" / "ckpt-2")
+            time.sleep(0.05)
         workers.procs[1].send_signal(signal.SIGKILL)
         started = time.monotonic()
         code = workers.procs[0].wait(timeout=120)
         waited = time.monotonic() - started
+        for step in (2, FIRST_STEPS):  # ckpt-4 outlives the kill: deleting it takes ckpt-10
+            if step not in two_weights:
+                two_weights[step] = _weights(out / "checkpoints" / f"ckpt-{step}")
+        one.wait(timeout=TIMEOUT)
     finally:
         workers.kill()
-    assert code == 4
-    last = workers.text(0, 1).strip().splitlines()[-1]
+        if one.poll() is None:
+            one.kill()
+            one.wait()
+    one_out, one_err = (f.seek(0) or f.read() for f in one_log)
+    one_weights = ({s: _weights(root / "one" / "checkpoints" / f"ckpt-{s}") for s in (2, FIRST_STEPS)}
+                   if one.returncode == 0 else None)
+    last = (workers.text(0, 1).strip().splitlines() or [""])[-1]
+    newest = int(m.group(1)) if (m := re.search(r"ckpt-(\d+)", last)) else FIRST_STEPS
+    again = Workers(root, out, "again", "--num_steps", str(newest + 2), "--checkpoint_every", "2")
+    codes = again.wait()
+    return {"killed": workers, "code": code, "waited": waited, "last": last, "newest": newest,
+            "two_weights": two_weights, "one": (one.returncode, one_out, one_err), "one_weights": one_weights,
+            "again": again, "again_codes": codes, "out": out}
+
+
+def test_two_workers_take_the_step_one_worker_takes(killed_and_resumed):
+    run = killed_and_resumed
+    returncode, one_out, one_err = run["one"]
+    assert returncode == 0, one_err[-2000:]
+    losses_two, losses_one = _step_losses(run["killed"].text(0)), _step_losses(one_out)
+    # Every step is logged but the first (its time holds the tracing); Keras' loss is the epoch's
+    # running mean, so step 2's covers step 1.
+    assert sorted(losses_one) == list(range(2, FIRST_STEPS + 1))
+    for step in losses_one:
+        assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-4), step
+    for step in (2, FIRST_STEPS):
+        a, b = run["two_weights"][step], run["one_weights"][step]
+        assert a.keys() == b.keys() and len(a) > 10
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=f"step {step}: {k}")
+    # The weights did move: the comparison is not between two initialisations.
+    first, second = run["two_weights"][2], run["two_weights"][FIRST_STEPS]
+    assert max(float(np.abs(first[k] - second[k]).max()) for k in first) > 1e-4
+
+
+def test_a_killed_worker_stops_the_run_and_a_rerun_resumes(killed_and_resumed):
+    run = killed_and_resumed
+    assert run["code"] == 4, run["killed"].text(0, 1)[-2000:]
+    last = run["last"]
     assert re.fullmatch(r"error: worker 0: lost contact with another worker \(\w+\); training stopped, the "
                         r"newest checkpoint is .*ckpt-\d+; rerun every worker with the same command to resume", last), last
-    assert waited < 120
-    newest = int(re.search(r"ckpt-(\d+)", last).group(1))
-    assert newest >= 4
-    again = Workers(root, out, "again", "--num_steps", str(newest + 2), "--checkpoint_every", "2")
-    assert again.wait() == [0, 0], again.text(0, 1)[-2000:]
+    assert run["waited"] < 120
+    newest, again, out = run["newest"], run["again"], run["out"]
+    assert newest >= FIRST_STEPS
+    assert run["again_codes"] == [0, 0], again.text(0, 1)[-2000:] + again.text(1, 1)[-2000:]
     text = again.text(0)
     assert f"resuming {out} at step {newest} (ckpt-{newest})" in text
     steps = sorted(_step_losses(text))
     assert steps and steps[0] > newest and steps[-1] == newest + 2  # the step count continues
     assert f"done: {newest + 2} steps; wrote" in text
     assert again.text(1).strip() == f"done: {newest + 2} steps (worker 1; the chief writes the run)"
+
+
+def test_only_the_chief_writes(killed_and_resumed):
+    run = killed_and_resumed
+    assert run["again_codes"] == [0, 0]
+    out, newest, again = run["out"], run["newest"], run["again"]
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    kept = sorted(f"checkpoints/ckpt-{s}.{ext}" for s in range(newest + 2, 0, -2)[:3]
+                  for ext in ("data-00000-of-00001", "index"))
+    assert [f for f in files if not f.startswith("tensorboard/")] == [
+        "checkpoints/checkpoint", *kept, "config.json", "ringnet.keras"]
+    # One events file per chief run (the killed one and the rerun), none from worker 1.
+    assert len([f for f in files if f.startswith("tensorboard/")]) == 2
+    assert not [f for f in files if f.endswith(".tmp") or ".tmp" in Path(f).name]
+    for tmp in again.tmp:  # the non-chief's private checkpoint folder is gone, the chief made none
+        assert list(tmp.iterdir()) == []
+    assert again.text(1).strip() == f"done: {newest + 2} steps (worker 1; the chief writes the run)"
+    assert again.text(0).splitlines()[-1].startswith(f"done: {newest + 2} steps; wrote ")
