@@ -81,6 +81,33 @@ def test_two_builds_are_identical(model):
                                    atol=1e-12, err_msg=name)
 
 
+def _fan(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eight triangles around vertex 0 at the origin (a shallow cap, z up towards the viewer),
+    listed in a shuffled order, every coordinate moved by a few units in the last place: the
+    round-off by which two machines' BLAS kernels differ."""
+    rng = np.random.default_rng(seed)
+    angles = np.arange(8) * np.pi / 4
+    verts = np.concatenate([[[0.0, 0.0, 0.0]], np.stack([np.cos(angles), np.sin(angles), -0.2 * np.ones(8)], 1)])
+    verts = verts * 0.01 * (1 + rng.uniform(-4e-16, 4e-16, verts.shape))
+    faces = np.array([[0, 1 + i, 1 + (i + 1) % 8] for i in rng.permutation(8)])
+    return verts, faces
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_landmark_on_a_shared_vertex_takes_the_lowest_face_whatever_the_round_off(seed):
+    # The open head's nose tip and chin lie on vertices and mirror-symmetric faces: which face
+    # held them once depended on the BLAS kernel, and so did the model's fingerprint.
+    from flame.openhead.landmarks import _closest_on_mesh, _frontal_hits
+
+    verts, faces = _fan(seed)
+    ids = np.arange(len(faces))
+    f, b = _frontal_hits(verts, faces, ids, np.zeros((1, 2)))
+    assert f[0] == 0 and np.allclose(verts[faces[f[0]]].T @ b[0], 0.0, atol=1e-15)
+    # a point above the centre: equally close to all eight faces
+    f, b = _closest_on_mesh(np.array([[0.0, 0.0, 0.003]]), verts, faces, ids, k=8)
+    assert f[0] == 0 and np.allclose(verts[faces[f[0]]].T @ b[0], 0.0, atol=1e-15)
+
+
 def test_written_files_are_byte_identical_across_writes(model, written, tmp_path):
     save_flame_files(model, tmp_path)
     for name in FILES:

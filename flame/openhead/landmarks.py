@@ -17,6 +17,10 @@ from flame.openhead.sampling import _K_EYE_LEFT, _K_EYE_RIGHT, _K_MOUTH, _MOUTH_
 from flame.openhead.topology import _Geometry
 
 
+# Distances (m) below which two candidate faces hold the same landmark point: round-off.
+_TIE_M = 1e-9
+
+
 def _closest_on_mesh(points: np.ndarray, verts: np.ndarray, faces: np.ndarray,
                      face_ids: np.ndarray, k: int = 24) -> tuple[np.ndarray, np.ndarray]:
     """Closest surface points of `points` [N, 3] on the faces `face_ids` of a mesh: (face index
@@ -29,7 +33,11 @@ def _closest_on_mesh(points: np.ndarray, verts: np.ndarray, faces: np.ndarray,
     cand = face_ids[near]                                   # [N, k]
     tri = verts[faces[cand.ravel()]]                        # [N k, 3, 3]
     bary, d2 = closest_barycentric(np.repeat(points, k, axis=0), tri[:, 0], tri[:, 1], tri[:, 2])
-    best = np.argmin(d2.reshape(len(points), k), axis=1)
+    d2 = d2.reshape(len(points), k)
+    # A point on a shared vertex or edge is equally close to several faces: take the lowest face
+    # index among those within round-off (1 nm), so every machine writes the same file.
+    tied = d2 <= d2.min(axis=1, keepdims=True) + _TIE_M ** 2
+    best = np.argmin(np.where(tied, cand, np.iinfo(np.int64).max), axis=1)
     rows = np.arange(len(points)) * k + best
     return cand[np.arange(len(points)), best], bary[rows]
 
@@ -65,7 +73,7 @@ def _point_on_polyline(faces: np.ndarray, idx: np.ndarray, key: np.ndarray, targ
 
 def _frontal_hits(verts: np.ndarray, faces: np.ndarray, face_ids: np.ndarray, xy: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """For each (x, y) [N, 2], the front-most of the faces `face_ids` under it seen along -z:
+    """For each (x, y) [N, 2], the front-most of the faces `face_ids` (ascending) under it seen along -z:
     (face index [N], barycentric [N, 3])."""
     tri = verts[faces[face_ids]]
     out_f, out_b = [], []
@@ -80,7 +88,9 @@ def _frontal_hits(verts: np.ndarray, faces: np.ndarray, face_ids: np.ndarray, xy
         if not inside.any():
             raise RuntimeError(f"no face under ({x:.4f}, {y:.4f})")
         zz = np.where(inside, l0 * tri[:, 0, 2] + l1 * tri[:, 1, 2] + l2 * tri[:, 2, 2], -np.inf)
-        best = int(np.argmax(zz))
+        # Faces sharing the hit vertex or edge tie up to round-off: the lowest face index wins
+        # (face_ids ascend), whatever the last bits of this machine's arithmetic.
+        best = int(np.flatnonzero(zz >= zz.max() - _TIE_M)[0])
         bary = np.clip([l0[best], l1[best], l2[best]], 0.0, 1.0)
         out_f.append(face_ids[best])
         out_b.append(bary / bary.sum())
