@@ -69,6 +69,17 @@ def make_tiny_dataset(root, identities: list[str], size: int = 48, seed: int = 0
     D.write_meta(root, {"source": "test"})
 
 
+def write_exif_jpeg(path, rgb: np.ndarray, orientation: int, quality: int = 95) -> None:
+    """Writes `rgb` ([H, W, 3] uint8, as stored) as a JPEG whose EXIF orientation tag says how to
+    turn it for viewing (6: a quarter to the right), with Pillow: a writer independent of the
+    OpenCV decoding under test."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(rgb)).save(path, quality=quality, exif=exif)
+
+
 @pytest.fixture
 def tiny_model() -> FlameModel:
     return make_tiny_model()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flame.geometry import rotation_from_axis_angle
 from flame.io import load_flame
 from flame.model import save_flame_files
 from ringnet_tf import camera, preprocess
@@ -85,13 +86,6 @@ def _root_joint(head, theta):
     return np.einsum("v,nvc->nc", head.j_regressor[0], shaped)
 
 
-def _rodrigues(r):
-    a = np.linalg.norm(r)
-    k = r / a if a else np.zeros(3)
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
-
-
 def _raw_stages(predictor, images):
     net = predictor.net
     return net.get_layer("regressor")(net.get_layer("backbone")(images, training=False), training=False).numpy()
@@ -102,7 +96,8 @@ def _check_ours_against_ring(ours, ring, root):
     ringnet_tf.model.ringnet_to_ours), everything else unchanged."""
     ours, ring = ours.astype(np.float64), ring.astype(np.float64)
     for o, r in zip(ours, ring):
-        np.testing.assert_allclose(_rodrigues(o[3:6]), FLIP @ _rodrigues(r[3:6]), atol=1e-4)
+        np.testing.assert_allclose(rotation_from_axis_angle(o[3:6]),
+                                   FLIP @ rotation_from_axis_angle(r[3:6]), atol=1e-4)
     half = 1.0 / (SIZE * ring[:, 0])
     np.testing.assert_allclose(ours[:, 0], ring[:, 0], atol=1e-4)
     np.testing.assert_allclose(ours[:, 1], ring[:, 1] + half, atol=1e-4)
@@ -128,6 +123,7 @@ def test_the_converted_network_reproduces_the_graph_with_its_vertices(full, conv
     images = _images(3, seed=7)
     # The demo's path below: uint8 crops through predict(), the graph fed RingNet's normalisation.
     crops = np.random.default_rng(3).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.uint8)
+    # RingNet's normalisation written out from its demo (not preprocess.normalise, which is under test)
     all_stages, all_v = _run_graph(full, np.concatenate([images, 2 * (crops / 255.0 - 0.5)]))  # one import
     stages, ring_v = all_stages[:3], all_v[:3]
     assert np.abs(_raw_stages(predictor, images) - stages).max() < 1e-4

@@ -21,6 +21,7 @@ from ringnet_tf import preprocess
 from ringnet_tf.data import dataset as D
 from ringnet_tf.data import landmarks_dlib as L
 from ringnet_tf.data import prepare as P
+from tests.conftest import write_exif_jpeg
 
 PHOTO = Path(__file__).parent / "data" / "astronaut.jpg"
 REPO = Path(__file__).resolve().parents[1]
@@ -50,15 +51,6 @@ def _need_dlib() -> None:
         pytest.skip(str(e))
 
 
-def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    """Inserts an EXIF block holding only the orientation tag after the JPEG's start marker."""
-    entry = (0x0112).to_bytes(2, "big") + (3).to_bytes(2, "big") + (1).to_bytes(4, "big")
-    entry += orientation.to_bytes(2, "big") + b"\0\0"
-    tiff = b"MM\0\x2a" + (8).to_bytes(4, "big") + (1).to_bytes(2, "big") + entry + (0).to_bytes(4, "big")
-    payload = b"Exif\0\0" + tiff
-    return jpeg[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
-
-
 def make_input(root: Path) -> Path:
     """Two identities made from the photo (flips, crops, colour and format changes), a one-image
     identity, and files that must be skipped."""
@@ -73,8 +65,8 @@ def make_input(root: Path) -> Path:
     rgba[:, :24, 3] = 0  # a transparent strip
     cv2.imwrite(str(a / "c_rgba.png"), rgba)
     # Stored turned a quarter to the left, with the EXIF tag saying "turn right to view".
-    jpeg = cv2.imencode(".jpg", cv2.rotate(bgr, cv2.ROTATE_90_COUNTERCLOCKWISE))[1].tobytes()
-    (a / "d_exif.jpg").write_bytes(_with_exif_orientation(jpeg, 6))
+    write_exif_jpeg(a / "d_exif.jpg", cv2.cvtColor(cv2.rotate(bgr, cv2.ROTATE_90_COUNTERCLOCKWISE),
+                                                   cv2.COLOR_BGR2RGB), 6)
     warm = np.clip(bgr[10:230, 16:240].astype(np.float32) * [0.8, 1.0, 1.25], 0, 255).astype(np.uint8)
     cv2.imwrite(str(b / "e_crop.jpg"), warm)
     cv2.imwrite(str(b / "f_grey.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))

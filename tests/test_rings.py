@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from flame import constants as C
 from ringnet_tf.data.rings import RingConfig, RingSampler, augment_image, ring_dataset
-from tests.conftest import make_tiny_dataset
+from tests.conftest import make_tiny_dataset, write_exif_jpeg
 
 IDENTITIES = ["a"] * 7 + ["b"] * 3 + ["c"] * 1 + ["d"] * 5
 
@@ -186,14 +186,10 @@ def test_colour_jitter_draws_differ_between_seeds_and_repeat_for_one():
 def _exif_rotated_jpeg(path, orientation: int = 6) -> None:
     """A 32 x 32 JPEG whose EXIF orientation tag says how to turn it for viewing (6: a quarter to
     the right). Smooth and asymmetric, so every turn and mirror of it is told apart."""
-    from PIL import Image
-
     y, x = np.mgrid[0:32, 0:32].astype(np.float32)
     rgb = np.stack([8 * x, 8 * y, 255 - 4 * (x + y)], -1)
     rgb[:10, :10] = (250, 250, 0)  # a block in one corner
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path, quality=95, exif=exif)
+    write_exif_jpeg(path, np.clip(rgb, 0, 255).astype(np.uint8), orientation)
 
 
 @pytest.mark.parametrize("form", ["manifest", "tfrecords"])

@@ -28,11 +28,17 @@ _MODEL_FILES = (MODEL_FILENAME, STATIC_EMBEDDING_FILENAME, DYNAMIC_EMBEDDING_FIL
 _GENERATOR_DEPENDENCIES = ("constants.py", "geometry.py", "model.py")
 
 
+# Modules of this package that only run the generator (the command line): they shape no array, so
+# changing them keeps the cache.
+_NOT_GENERATOR = ("cli.py", "__main__.py")
+
+
 def generator_sources() -> list[pathlib.Path]:
-    """The source files whose content makes the open head: every module of this package, then
-    `_GENERATOR_DEPENDENCIES` from `flame/`."""
+    """The source files whose content makes the open head: every module of this package but the
+    command line, then `_GENERATOR_DEPENDENCIES` from `flame/`."""
     package = pathlib.Path(__file__).resolve().parent
-    return sorted(package.glob("*.py")) + [package.parent / n for n in _GENERATOR_DEPENDENCIES]
+    return ([p for p in sorted(package.glob("*.py")) if p.name not in _NOT_GENERATOR]
+            + [package.parent / n for n in _GENERATOR_DEPENDENCIES])
 
 
 def cache_key(sources: list[pathlib.Path] | None = None) -> str:

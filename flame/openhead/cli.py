@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import time
 
+from flame.cli import EXIT_OK, fail
 from flame.model import save_flame_files
 from flame.openhead.build import OPEN_HEAD_VERSION, build_open_head
 from flame.openhead.cache import _MODEL_FILES
@@ -26,9 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     existing = [name for name in _MODEL_FILES if (out / name).exists()]
     if existing and not args.force:
-        print(f"error: {out} already holds {', '.join(existing)}; use --force to overwrite",
-              file=sys.stderr)
-        return 1
+        return fail(f"{out} already holds {', '.join(existing)}; use --force to overwrite")
     start = time.perf_counter()
     model = build_open_head()
     paths = save_flame_files(model, out)
@@ -37,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
     print(f"open head {OPEN_HEAD_VERSION}: {model.num_vertices} vertices, {model.num_faces} faces, "
           f"built in {time.perf_counter() - start:.1f} s")
     print(f"fingerprint {model.fingerprint()}")
-    return 0
+    return EXIT_OK

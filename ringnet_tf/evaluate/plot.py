@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from flame.fileutil import atomic_write
+
 # NoW plots the share of scan vertices with an error up to x, for x from 0 to 8 mm.
 CURVE_MAX_MM = 8.0
 CURVE_STEP_MM = 0.01
@@ -32,7 +34,7 @@ def plot_cumulative_curve(path: str | os.PathLike, thresholds: np.ndarray, perce
     """Write the curve as a PNG (matplotlib's Agg renderer: no display needed).
 
     The figure draws on its own Agg canvas, without pyplot, so the caller's matplotlib backend
-    and pyplot state are left as they are.
+    and pyplot state are left as they are. The file is written whole or not at all.
 
     Args:
       path: output `.png`.
@@ -56,4 +58,5 @@ def plot_cumulative_curve(path: str | os.PathLike, thresholds: np.ndarray, perce
     ax.set_title(title, fontsize=12)
     ax.legend(loc="lower right", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    # whole or not at all: an interrupted run leaves no truncated PNG behind
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
