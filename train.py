@@ -142,6 +142,11 @@ FLAG_FIELDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...] | None]] = {
     "export_saved_model": (("export_saved_model",), "write a SavedModel at the end", None),
     "init_from": (("init_from",), "warm start: a run directory or compact checkpoint of the same "
                   "network whose weights start this run (fine-tuning; the optimizer starts fresh)", None),
+    "freeze_batchnorm": (("freeze_batchnorm",), "BatchNorm layers keep their statistics and scales "
+                         "(inference mode) while the rest trains: fine-tuning with small batches", None),
+    "train_backbone_from": (("train_backbone_from",), "fine-tune part of the backbone: its layers "
+                            "before the first one named so (a prefix, e.g. conv5_block1 for "
+                            "ResNet-50's last stage) stay fixed; default: all of it trains", None),
 }
 _SECTIONS = {"model": ModelConfig, "rings": RingConfig, "loss": LossConfig}
 _AUTO = {"auto": None, "true": True, "false": False}  # a bool | None field: auto means None

@@ -315,10 +315,10 @@ def _tiny_backbone(image_size: int) -> keras.Model:
     """Three strided conv blocks and global pooling, [B, H, W, 3] -> [B, 64]: compiles in seconds."""
     images = keras.Input((image_size, image_size, 3))
     x = images
-    for width in (16, 32, 64):
-        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
+    for block, width in enumerate((16, 32, 64), start=1):  # named as ResNet's stages, for prefixes
+        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name=f"conv{block}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"conv{block}_bn")(x)
+        x = keras.layers.ReLU(name=f"conv{block}_relu")(x)
     return keras.Model(images, keras.layers.GlobalAveragePooling2D()(x), name="backbone")
 
 

@@ -98,6 +98,16 @@ class TrainConfig:
     # Warm start: a run directory or compact checkpoint of the same network whose weights start
     # this run (the optimizer starts fresh). Ignored when the run resumes from its own checkpoint.
     init_from: str | None = None
+    # Fine-tuning a trained network with small batches: every BatchNorm layer keeps its moving
+    # statistics (inference mode) and its scale and offset, so the features a warm-started
+    # regressor learnt to read do not shift with each batch's statistics (Keras's advice for
+    # fine-tuning). The convolutions still train.
+    freeze_batchnorm: bool = False
+    # Fine-tuning part of the backbone: its layers before the first one whose name starts with
+    # this stay fixed (e.g. "conv5_block1": ResNet-50's last stage and the regressor train; the
+    # backward pass then stops at 4 x 4 features, about a third of a full step's cost on CPU).
+    # None: the whole backbone trains.
+    train_backbone_from: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -232,6 +242,31 @@ def _rings_for(strategy: tf.distribute.Strategy, path: str, config: RingConfig, 
         return open_rings(path, config, start_ring, shard=shard)
 
     return strategy.distribute_datasets_from_function(pipeline)
+
+
+def freeze_batchnorm(net: keras.Model) -> int:
+    """Puts every BatchNormalization layer of `net` (nested models too) in inference mode for
+    training: a non-trainable Keras 3 BatchNormalization normalises with its moving statistics
+    and updates nothing. Returns how many layers it froze."""
+    layers = [layer for layer in net._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.trainable = False
+    return len(layers)
+
+
+def freeze_backbone_before(net: keras.Model, prefix: str) -> int:
+    """Makes the backbone's layers before the first one named `prefix...` non-trainable (their
+    BatchNorm layers then normalise with their moving statistics). Returns how many it froze;
+    raises ConfigError when no backbone layer has that prefix."""
+    layers = net.get_layer("backbone").layers
+    first = next((i for i, layer in enumerate(layers) if layer.name.startswith(prefix)), None)
+    if first is None:
+        raise ConfigError(f"--train_backbone_from {prefix!r}: no backbone layer's name starts with "
+                          f"it (e.g. {layers[-1].name!r})")
+    for layer in layers[:first]:
+        layer.trainable = False
+    return first
 
 
 def _synchronise_batchnorm(net: keras.Model, on: bool) -> None:
@@ -516,6 +551,10 @@ def _run(config: TrainConfig, out: Path, flame, strategy: tf.distribute.Strategy
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         net = build_ringnet(flame, config.model)
+        if config.freeze_batchnorm:
+            freeze_batchnorm(net)
+        if config.train_backbone_from:
+            freeze_backbone_before(net, config.train_backbone_from)
         trainer = RingNetTrainer(net, config.loss)
         optimizer = keras.optimizers.Adam(learning_rate_schedule(config))
         trainer.compile(optimizer=optimizer, jit_compile=jit)

@@ -120,6 +120,50 @@ def test_warm_start_copies_a_trained_network_and_refuses_another_architecture(se
         validate(dataclasses.replace(cfg, init_from=str(setup / "nowhere")))
 
 
+def test_frozen_batchnorm_keeps_its_statistics_while_the_rest_trains(setup, straight):
+    import keras
+
+    source, _ = straight
+    def batchnorm_and_other(out):
+        net = keras.models.load_model(Path(out) / "ringnet.keras")
+        bn = [w.numpy() for layer in net._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
+              for w in layer.weights]
+        ids = {id(w) for layer in net._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
+               for w in layer.weights}
+        return bn, [w.numpy() for w in net.weights if id(w) not in ids]
+
+    bn0, other0 = batchnorm_and_other(source["out"])
+    assert bn0  # the tiny backbone has a BatchNorm layer: the test means something
+    for freeze in (False, True):
+        cfg = _config(setup, f"bn_frozen_{freeze}", init_from=source["out"], num_steps=2,
+                      freeze_batchnorm=freeze)
+        bn, other = batchnorm_and_other(run(cfg, stream=io.StringIO())["out"])
+        # the other weights train either way; BatchNorm's four arrays move only when not frozen
+        assert any(not np.allclose(a, b) for a, b in zip(other0, other))
+        same = all(np.array_equal(a, b) for a, b in zip(bn0, bn))
+        assert same == freeze
+
+
+def test_train_backbone_from_keeps_the_earlier_layers_fixed(setup, straight):
+    import keras
+
+    source, _ = straight
+    def by_layer(out):
+        backbone = keras.models.load_model(Path(out) / "ringnet.keras").get_layer("backbone")
+        return {layer.name: [w.numpy() for w in layer.weights] for layer in backbone.layers if layer.weights}
+
+    before = by_layer(source["out"])
+    cfg = _config(setup, "from_conv3", init_from=source["out"], num_steps=2, train_backbone_from="conv3")
+    after = by_layer(run(cfg, stream=io.StringIO())["out"])
+    for name, weights in before.items():
+        moved = any(not np.array_equal(a, b) for a, b in zip(weights, after[name]))
+        assert moved == name.startswith("conv3"), name  # conv1, conv2 fixed; conv3's conv and bn train
+    with pytest.raises(ConfigError, match="no backbone layer's name starts with it"):
+        run(dataclasses.replace(cfg, out=str(setup / "from_nowhere"), train_backbone_from="block9"),
+            stream=io.StringIO())
+    assert not (setup / "from_nowhere").exists()
+
+
 def test_bad_configurations_fail_before_any_work(setup, tmp_path):
     with pytest.raises(ValueError, match="ring_size must be at least 3"):
         RingConfig(ring_size=2)
