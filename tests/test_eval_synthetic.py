@@ -112,33 +112,35 @@ def test_nme_hand_computed():
     assert nme(pred, truth) == pytest.approx(0.5)
 
 
-def test_cli_writes_json_and_refuses_a_mismatched_head_model(setup, tmp_path, capsys):
+def test_cli_writes_json_and_refuses_a_mismatched_head_model(setup, inner, tmp_path, capsys):
+    # --network_only keeps the command quick; the rows of a full run are test_shared_rows_and_noisy_rows'.
     args = ["synthetic", "--checkpoint", str(setup / "ckpt"), "--data", str(setup / "data"),
-            "--flame_model", str(setup / "flame"), "--fit_steps", "3", "--quiet"]
-    assert main(args + ["--out", str(tmp_path / "r.json")]) == 0
-    assert set(json.loads((tmp_path / "r.json").read_text())["results"]) == {
-        "network", "mean shape", "landmark fitting", "network + refinement", "shared shape x2",
-        "network + refinement, noisy", "shared shape x2, noisy"}  # 2 images per identity: no x4, x8
+            "--flame_model", str(setup / "flame"), "--network_only", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "n.json")]) == 0
     assert "mean shape" in capsys.readouterr().out
-    assert main(args + ["--out", str(tmp_path / "n.json"), "--network_only"]) == 0
     quick = json.loads((tmp_path / "n.json").read_text())["results"]
-    full = json.loads((tmp_path / "r.json").read_text())["results"]
-    assert set(quick) == {"network", "mean shape"} and quick["network"] == full["network"]
+    assert set(quick) == {"network", "mean shape"}
+    in_process = evaluate_synthetic(inner, setup / "data", network_only=True)
+    assert quick["network"] == pytest.approx(in_process["network"])
     save_flame_files(make_tiny_model(seed=3, num_vertices=300), tmp_path / "other")
     args[args.index(str(setup / "flame"))] = str(tmp_path / "other")
-    assert main(args) == 2
+    assert main(args + ["--out", str(tmp_path / "m.json")]) == 2
     assert "trained with head model" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_shared_rows_and_noisy_rows(setup, inner):
-    results = evaluate_synthetic(inner, setup / "data", fit_steps=20, shared_sizes=(2, 4))
-    assert "shared shape x4" not in results  # more than the 2 images per identity
+    # The command's defaults (shared sizes 2, 4, 8; noisy rows): 2 images per identity allow x2 only.
+    results = evaluate_synthetic(inner, setup / "data", fit_steps=20)
+    assert set(results) == {"network", "mean shape", "landmark fitting", "network + refinement",
+                            "shared shape x2", "network + refinement, noisy", "shared shape x2, noisy"}
     for name in ("shared shape x2", "network + refinement, noisy", "shared shape x2, noisy"):
         assert results[name]["images"] == 4 and np.isfinite(results[name]["median_mm"])
     assert 0 <= results["shared shape x2"]["excluded"] <= 4  # counted (20 steps on a random model
     # leave the fits far off: pairs lose members to the failed-fit rule only)
-    only = evaluate_synthetic(inner, setup / "data", fit_steps=5, shared_sizes=(), noisy=False)
+    only = evaluate_synthetic(inner, setup / "data", fit_steps=20, shared_sizes=(), noisy=False)
     assert set(only) == {"network", "mean shape", "landmark fitting", "network + refinement"}
+    assert only["network"] == results["network"]
 
 
 def test_person_groups():
