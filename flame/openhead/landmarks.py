@@ -35,7 +35,8 @@ def _closest_on_mesh(points: np.ndarray, verts: np.ndarray, faces: np.ndarray,
     bary, d2 = closest_barycentric(np.repeat(points, k, axis=0), tri[:, 0], tri[:, 1], tri[:, 2])
     d2 = d2.reshape(len(points), k)
     # A point on a shared vertex or edge is equally close to several faces: take the lowest face
-    # index among those within round-off (1 nm), so every machine writes the same file.
+    # index among those whose squared distance is within (1 nm)^2 of the closest (round-off), so
+    # every machine writes the same file.
     tied = d2 <= d2.min(axis=1, keepdims=True) + _TIE_M ** 2
     best = np.argmin(np.where(tied, cand, np.iinfo(np.int64).max), axis=1)
     rows = np.arange(len(points)) * k + best
@@ -73,8 +74,8 @@ def _point_on_polyline(faces: np.ndarray, idx: np.ndarray, key: np.ndarray, targ
 
 def _frontal_hits(verts: np.ndarray, faces: np.ndarray, face_ids: np.ndarray, xy: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """For each (x, y) [N, 2], the front-most of the faces `face_ids` (ascending) under it seen along -z:
-    (face index [N], barycentric [N, 3])."""
+    """For each (x, y) [N, 2], the front-most of the faces `face_ids` (ascending) under it seen
+    along -z: (face index [N], barycentric [N, 3])."""
     tri = verts[faces[face_ids]]
     out_f, out_b = [], []
     for x, y in xy:
