@@ -245,21 +245,24 @@ def _rings_for(strategy: tf.distribute.Strategy, path: str, config: RingConfig, 
     return strategy.distribute_datasets_from_function(pipeline)
 
 
-def freeze_batchnorm(net: keras.Model) -> int:
-    """Puts every BatchNormalization layer of `net` (nested models too) in inference mode for
-    training: a non-trainable Keras 3 BatchNormalization normalises with its moving statistics
-    and updates nothing. Returns how many layers it froze."""
-    layers = [layer for layer in net._flatten_layers(include_self=False)
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in layers:
+def _batchnorm_layers(net: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer of `net`, nested models included."""
+    return [layer for layer in net._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def freeze_batchnorm(net: keras.Model) -> None:
+    """Puts every BatchNormalization layer of `net` in inference mode for training: a
+    non-trainable Keras 3 BatchNormalization normalises with its moving statistics and updates
+    nothing."""
+    for layer in _batchnorm_layers(net):
         layer.trainable = False
-    return len(layers)
 
 
-def freeze_backbone_before(net: keras.Model, prefix: str) -> int:
+def freeze_backbone_before(net: keras.Model, prefix: str) -> None:
     """Makes the backbone's layers before the first one named `prefix...` non-trainable (their
-    BatchNorm layers then normalise with their moving statistics). Returns how many it froze;
-    raises ConfigError when no backbone layer has that prefix."""
+    BatchNorm layers then normalise with their moving statistics); raises ConfigError when no
+    backbone layer has that prefix."""
     layers = net.get_layer("backbone").layers
     first = next((i for i, layer in enumerate(layers) if layer.name.startswith(prefix)), None)
     if first is None:
@@ -267,15 +270,13 @@ def freeze_backbone_before(net: keras.Model, prefix: str) -> int:
                           f"it (e.g. {layers[-1].name!r})")
     for layer in layers[:first]:
         layer.trainable = False
-    return first
 
 
 def _synchronise_batchnorm(net: keras.Model, on: bool) -> None:
     """BatchNorm statistics over the global batch (all replicas) or each replica's own; the saved
     model keeps the default (off: one device has nothing to synchronise)."""
-    for layer in net._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = on
+    for layer in _batchnorm_layers(net):
+        layer.synchronized = on
 
 
 def _agreed_step(strategy: tf.distribute.Strategy, step: int) -> int:

@@ -120,40 +120,37 @@ def test_warm_start_copies_a_trained_network_and_refuses_another_architecture(se
         validate(dataclasses.replace(cfg, init_from=str(setup / "nowhere")))
 
 
-def test_frozen_batchnorm_keeps_its_statistics_while_the_rest_trains(setup, straight):
-    # (That BatchNorm's weights move when not frozen: the next test's conv3_bn.)
+def _backbone_weights(out) -> dict[str, list[np.ndarray]]:
+    """A run's backbone weights by layer name (the tiny backbone's conv1..3 _conv and _bn)."""
     import keras
 
-    source, _ = straight
-    def batchnorm_and_other(out):
-        net = keras.models.load_model(Path(out) / "ringnet.keras")
-        bn = [w for layer in net._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
-              for w in layer.weights]
-        ids = {id(w) for w in bn}
-        return [w.numpy() for w in bn], [w.numpy() for w in net.weights if id(w) not in ids]
+    backbone = keras.models.load_model(Path(out) / "ringnet.keras").get_layer("backbone")
+    return {layer.name: [w.numpy() for w in layer.weights] for layer in backbone.layers if layer.weights}
 
-    bn0, other0 = batchnorm_and_other(source["out"])
-    assert len(bn0) == 12  # the tiny backbone's three BatchNorm layers, four arrays each
+
+def _moved(before: dict, after: dict) -> dict[str, bool]:
+    return {name: any(not np.array_equal(a, b) for a, b in zip(weights, after[name]))
+            for name, weights in before.items()}
+
+
+def test_frozen_batchnorm_keeps_its_statistics_while_the_rest_trains(setup, straight):
+    # (That BatchNorm's weights move when not frozen: the next test's conv3_bn.)
+    source, _ = straight
+    before = _backbone_weights(source["out"])
+    bn = [name for name in before if name.endswith("_bn")]
+    assert len(bn) == 3 and all(len(before[name]) == 4 for name in bn)  # scale, offset, mean, variance
     cfg = _config(setup, "bn_frozen", init_from=source["out"], num_steps=2, freeze_batchnorm=True)
-    bn, other = batchnorm_and_other(run(cfg, stream=io.StringIO())["out"])
-    assert any(not np.allclose(a, b) for a, b in zip(other0, other))
-    assert all(np.array_equal(a, b) for a, b in zip(bn0, bn))
+    moved = _moved(before, _backbone_weights(run(cfg, stream=io.StringIO())["out"]))
+    assert moved == {name: not name.endswith("_bn") for name in before}  # the convolutions train
 
 
 def test_train_backbone_from_keeps_the_earlier_layers_fixed(setup, straight):
-    import keras
-
     source, _ = straight
-    def by_layer(out):
-        backbone = keras.models.load_model(Path(out) / "ringnet.keras").get_layer("backbone")
-        return {layer.name: [w.numpy() for w in layer.weights] for layer in backbone.layers if layer.weights}
-
-    before = by_layer(source["out"])
+    before = _backbone_weights(source["out"])
     cfg = _config(setup, "from_conv3", init_from=source["out"], num_steps=2, train_backbone_from="conv3")
-    after = by_layer(run(cfg, stream=io.StringIO())["out"])
-    for name, weights in before.items():
-        moved = any(not np.array_equal(a, b) for a, b in zip(weights, after[name]))
-        assert moved == name.startswith("conv3"), name  # conv1, conv2 fixed; conv3's conv and bn train
+    moved = _moved(before, _backbone_weights(run(cfg, stream=io.StringIO())["out"]))
+    # conv1, conv2 fixed; conv3's convolution and BatchNorm train
+    assert moved == {name: name.startswith("conv3") for name in before}
     with pytest.raises(ConfigError, match="no backbone layer's name starts with it"):
         run(dataclasses.replace(cfg, out=str(setup / "from_nowhere"), train_backbone_from="block9"),
             stream=io.StringIO())
