@@ -203,7 +203,7 @@ def _figure(rgb: np.ndarray, box: preprocess.Box, crop_size: int, vertices: np.n
     return np.concatenate([over, side_img], axis=1)
 
 
-def _prepare(rgb: np.ndarray, detector: Detector | None, size: int) -> dict[str, Any]:
+def prepare_face(rgb: np.ndarray, detector: Detector | None, size: int) -> dict[str, Any]:
     """Finds the face (or takes the centre crop) and crops it: box, crop, photo landmarks."""
     if detector is not None:
         lm_photo = detector(rgb)
@@ -280,7 +280,7 @@ def run_demo(predictor: Predictor, images: list[Path], root: Path | None, out: P
                     raise ImageFailure(f"{e.kind}: {e.detail}") from None
                 # The photo is not kept (a folder of large photos would not fit in memory): an
                 # overlay reads it again.
-                batch.append({"image": image, "paths": paths, **_prepare(rgb, detector, size)})
+                batch.append({"image": image, "paths": paths, **prepare_face(rgb, detector, size)})
             except ImageFailure as e:
                 progress.write(f"{image}: skipped: {e}", file=err)
                 counts["failed"] += 1
@@ -476,7 +476,7 @@ def run_video(predictor: Predictor, clip: Path, out: Path, opts: DemoOptions, vo
 
     for index, rgb in V.frames(clip, vopts.every, vopts.max_frames):
         try:
-            batch.append({"frame": index, **_prepare(rgb, detector, size)})
+            batch.append({"frame": index, **prepare_face(rgb, detector, size)})
         except ImageFailure:
             no_face.append(index)
         if len(batch) >= opts.batch_size:

@@ -1,9 +1,10 @@
 """Command line: `python -m ringnet_tf.evaluate <protocol> ...`.
 
-Protocols: `now` (the NoW benchmark's scan-to-mesh error) and `synthetic` (the same metric on
-synthetic faces whose true shape is known, with baselines). Exit codes (`ringnet_tf.cli`): 0 done
-(missing predictions included, and counted), 2 bad usage, bad input or a refused output folder,
-130 interrupted.
+Protocols: `now` (the NoW benchmark's scan-to-mesh error), `synthetic` (the same metric on
+synthetic faces whose true shape is known, with baselines) and `pairs` (real photos without 3D:
+whether same-person photos get closer shapes than different-person ones).
+Exit codes (`ringnet_tf.cli`): 0 done (missing predictions included, and counted), 2 bad usage,
+bad input or a refused output folder, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from ringnet_tf.cli import EXIT_INTERRUPTED, EXIT_OK, add_flame_model_argument, fail, quiet_tensorflow
 from ringnet_tf.evaluate import geometry, now
 
-quiet_tensorflow()  # neither imports TensorFlow; `synthetic` does, later
+quiet_tensorflow()  # neither imports TensorFlow; `synthetic` and `pairs` do, later
 
 DEFAULT_OUT_NAME = "now_eval"
 
@@ -100,6 +101,22 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("--network_only", action="store_true",
                    help="only the network and mean-shape rows (no fitting: a quick check of a run)")
+
+    q = commands.add_parser(
+        "pairs", help="real photos, no 3D: are same-person shapes closer than different-person ones (AUC)",
+        description=(__import__("ringnet_tf.evaluate.pairs", fromlist=["x"]).__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--checkpoint", required=True, help="run directory or compact checkpoint")
+    q.add_argument("--images", required=True, type=Path, help="folder the pair list's image names are in")
+    q.add_argument("--pairs", required=True, type=Path,
+                   help="CSV with a header: image_a,image_b,decision (Yes/No, 1/0 or same/different)")
+    add_flame_model_argument(q)
+    q.add_argument("--fit_steps", type=int, default=None,
+                   help="refinement steps at most (default: ringnet_tf.refine.DEFAULT_STEPS)")
+    q.add_argument("--network_only", action="store_true", help="only the network's shapes (no refinement)")
+    q.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    q.add_argument("--force", action="store_true", help="replace --out")
+    q.add_argument("--quiet", action="store_true", help="no progress line per photo")
     return parser
 
 
@@ -144,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         from ringnet_tf.evaluate import synthetic
 
         return synthetic.main(args)
+    if args.command == "pairs":
+        from ringnet_tf.evaluate import pairs
+
+        return pairs.main(args)
     raise AssertionError(args.command)  # argparse allows only the commands above
 
 
