@@ -149,7 +149,7 @@ class Detector:
 
         self.L = L
         self.policy = L.FacePolicy()
-        self.landmarker = L.DlibLandmarker()
+        self.landmarker = L.default_landmarker()
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """[68, 3] landmarks (x, y, confidence) in the photo's pixels; ImageFailure without a face."""

@@ -40,8 +40,9 @@ image (per group), and a padded row is its own group with zero weights.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
-import weakref
+import hashlib
 from typing import Any
 
 import keras
@@ -428,14 +429,29 @@ class _Fitter:
                 "steps": int(out["steps"])}
 
 
-_FITTERS: "weakref.WeakKeyDictionary[FlameLayer, _Fitter]" = weakref.WeakKeyDictionary()
+_FITTERS: "collections.OrderedDict[tuple, _Fitter]" = collections.OrderedDict()
+_MAX_FITTERS = 4  # head models whose compiled loops are kept (the least recently used goes)
+
+
+def _content_key(flame: FlameLayer) -> tuple:
+    """The layer's sizes and a hash of its arrays: a head model loaded again (another network
+    object, the same arrays) finds its compiled loop; different arrays never share one."""
+    digest = hashlib.blake2b(digest_size=16)
+    for w in flame.weights:
+        digest.update(np.ascontiguousarray(w.numpy()).tobytes())
+    return flame.num_shape, flame.num_expression, tuple(w.shape for w in flame.weights), digest.hexdigest()
 
 
 def _fitter(flame: FlameLayer) -> _Fitter:
-    """One compiled loop per head model, reused across calls (XLA compiles once per bucket)."""
-    fitter = _FITTERS.get(flame)
+    """One compiled loop per head model's content, reused across calls and across loads of the
+    same model (XLA compiles once per bucket; hashing the arrays costs milliseconds)."""
+    key = _content_key(flame)
+    fitter = _FITTERS.get(key)
     if fitter is None:
-        fitter = _FITTERS[flame] = _Fitter(flame)
+        fitter = _FITTERS[key] = _Fitter(flame)
+        while len(_FITTERS) > _MAX_FITTERS:
+            _FITTERS.popitem(last=False)
+    _FITTERS.move_to_end(key)
     return fitter
 
 
@@ -535,6 +551,10 @@ def refine(flame: FlameLayer, params: np.ndarray, landmarks: np.ndarray, image_s
         raise ValueError(f"landmarks must be [{b}, {C.NUM_LANDMARKS}, 3]; got {landmarks.shape}")
     if groups is None and smooth:
         raise ValueError("smooth needs groups (consecutive images of a group are smoothed)")
+    if groups is not None:  # checked before any fitting: a bad argument costs no compute
+        groups = np.asarray(groups)
+        if groups.shape != (b,):
+            raise ValueError(f"groups must be [{b}]; got {groups.shape}")
     settings = FitSettings(steps=int(steps), learning_rate=learning_rate, shape_prior=shape_prior,
                            expression_prior=expression_prior, sigma=sigma, loss=loss,
                            robust_scale=robust_scale, tolerance=tolerance, window=window,
@@ -552,9 +572,6 @@ def refine(flame: FlameLayer, params: np.ndarray, landmarks: np.ndarray, image_s
     single = fitter.fit(params, target, face, alone, no_next, settings)
     if groups is None:
         return _result(single, single, none, [""] * b)
-    groups = np.asarray(groups)
-    if groups.shape != (b,):
-        raise ValueError(f"groups must be [{b}]; got {groups.shape}")
     shared_settings = dataclasses.replace(settings, smooth=float(smooth))
     keep = np.ones(b, bool)
     shared = fitter.fit(single["params"], target, face, groups, _next_in_group(groups, keep),

@@ -66,6 +66,7 @@ when there is no clear face.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
@@ -275,6 +276,13 @@ class DlibLandmarker:
         q[:, 1] += r0
         q = q[_MIRROR]
         return mirror_confidence(p, q, h, w, self.tolerance)
+
+
+@functools.lru_cache(maxsize=1)
+def default_landmarker() -> DlibLandmarker:
+    """One DlibLandmarker with the default settings per process (loading its model takes about a
+    second and 100 MB; the demo's and the evaluations' detectors share it)."""
+    return DlibLandmarker()
 
 
 # ----------------------------------------------------------------------------- which face

@@ -188,9 +188,9 @@ def measure_detector_noise(data_dir: str | Path, limit: int | None = None, landm
     from ringnet_tf import preprocess
 
     if landmarker is None:
-        from ringnet_tf.data.landmarks_dlib import DlibLandmarker
+        from ringnet_tf.data.landmarks_dlib import default_landmarker
 
-        landmarker = DlibLandmarker()
+        landmarker = default_landmarker()
     data_dir = Path(data_dir)
     records, gt = _read_synthetic(data_dir, limit, "pose")
     index = {str(k): i for i, k in enumerate(gt["image"])}
