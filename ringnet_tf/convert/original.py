@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -797,12 +798,7 @@ def convert(ckpt: str | os.PathLike, out: str | os.PathLike, flame_model: str | 
             force: bool = False, image_size: int | None = None,
             say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> Result:
     """Converts and verifies; writes `out` whole or not at all. Raises ConversionError (one line)."""
-    import tensorflow as tf
-
     from flame.fileutil import check_new_dir, staged_dir
-    from flame.io import load_flame
-    from ringnet_tf.inference import load_predictor, save_compact
-    from ringnet_tf.model import build_ringnet
 
     warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
     lines: list[str] = []
@@ -811,12 +807,20 @@ def convert(ckpt: str | os.PathLike, out: str | os.PathLike, flame_model: str | 
         lines.append(line)
         say(line)
 
-    started = time.perf_counter()
     try:
         check_new_dir(out, force)
     except OSError as e:
         raise ConversionError(str(e)) from None
     files = locate(ckpt)
+    # TensorFlow and Keras (seconds to import) only once the output and the input files passed
+    # the cheap checks above.
+    import tensorflow as tf
+
+    from flame.io import load_flame
+    from ringnet_tf.inference import load_predictor, save_compact
+    from ringnet_tf.model import build_ringnet
+
+    started = time.perf_counter()
     plan = plan_variables(files, list_variables(files))
     slots = [n for n in plan.ignored if _SLOT.search(n)]
     counters = [n for n in plan.ignored if not _SLOT.search(n)]
@@ -870,8 +874,8 @@ def convert(ckpt: str | os.PathLike, out: str | os.PathLike, flame_model: str | 
                 predictor = load_predictor(staging, flame_model)
                 checked = verify(predictor, run, images, ref_flame, same_head)
                 conversion["verification"] = checked.to_json()
-                save_compact(net, dataclasses.asdict(config), head.fingerprint(), staging, dtype="float32",
-                             extra={"converted_from": str(files.prefix), "conversion": conversion})
+                # Only config.json is rewritten with the figures: weights.npz stays the file verified.
+                _record_conversion(staging, conversion)
     except OSError as e:
         raise ConversionError(f"cannot write {out}: {e.strerror or e}") from None
     if checked is not None:
@@ -887,6 +891,17 @@ def convert(ckpt: str | os.PathLike, out: str | os.PathLike, flame_model: str | 
     report(f"wrote {out} (config.json, weights.npz float32; pool1 slim, output convention ringnet -> ours) "
            f"in {seconds:.1f} s")
     return Result(Path(out), seconds, checked, lines)
+
+
+def _record_conversion(folder: Path, conversion: dict[str, Any]) -> None:
+    """Replaces the "conversion" entry of the config.json `save_compact` wrote in `folder` (its
+    other entries and its format unchanged)."""
+    from flame.fileutil import atomic_write
+    from ringnet_tf.inference import CONFIG_NAME
+
+    path = folder / CONFIG_NAME
+    config = {**json.loads(path.read_text(encoding="utf-8")), "conversion": conversion}
+    atomic_write(path, lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode()))
 
 
 def main(argv: list[str] | None = None, stream: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -86,7 +86,7 @@ def build_standin(prefix: str | Path, flame: FlameModel | None, *, image_size: i
 
     def variable(name: str, value: np.ndarray, trainable: bool = True):
         # Ref variables (VariableV2 + Identity "read"), as TF 1.12 wrote them; zero initialisers
-        # keep the weights out of the .meta, the values are loaded after initialisation.
+        # keep the weights out of the .meta, the values are fed to the initialisers.
         value = np.asarray(value)
         var = v1.get_variable(name, shape=value.shape, dtype=tf.as_dtype(value.dtype),
                               initializer=v1.zeros_initializer(), trainable=trainable,
@@ -209,9 +209,10 @@ def build_standin(prefix: str | Path, flame: FlameModel | None, *, image_size: i
             variable("global_step", np.int64(68641), trainable=False)
         saver = v1.train.Saver()
         with v1.Session(graph=graph) as sess:
-            sess.run(v1.global_variables_initializer())
-            for var in v1.global_variables():
-                var.load(values[var.op.name], sess)
+            # One session run: the initializers with every variable's initial value fed (what
+            # `var.load` feeds, one run per variable; the graph is the same).
+            sess.run(v1.global_variables_initializer(),
+                     {var.initializer.inputs[1]: values[var.op.name] for var in v1.global_variables()})
             saver.save(sess, str(prefix))
     standin = StandIn(prefix, image_size, batch, images.name, stage_thetas[-1].name,
                       vertices.name if vertices is not None else None,
