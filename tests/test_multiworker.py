@@ -3,8 +3,9 @@
 
 The shard rule is checked in-process on both dataset forms (each global batch split across the
 input pipelines, nothing twice, nothing skipped); the processes show that a step on two workers
-equals the step of one worker with the same global batch, that only the chief writes, and that a
-killed worker stops the run with one clear line and a rerun resumes from the last checkpoint.
+equals the step of one worker with the same global batch (train.py's run with the same flags, in
+the test's process), that only the chief writes, and that a killed worker stops the run with one
+clear line and a rerun resumes from the last checkpoint.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def _free_ports(n: int) -> list[int]:
 def _flags(root: Path, out: Path, *extra: str) -> list[str]:
     return [str(ROOT / "train.py"), "--data", str(root / "data"), "--val_data", str(root / "val"),
             "--flame_model", str(root / "flame"), "--image_size", "32", "--backbone", "tiny",
-            "--num_shape", "10", "--num_expression", "5", "--dropout", "0", "--ring_size", "4",
+            "--num_shape", "10", "--num_expression", "5", "--dropout", "0", "--ring_size", "3",
             "--rings_per_batch", "4", "--jit_compile", "false", "--log_every", "1", "--val_steps", "1",
             "--noexport_saved_model", "--out", str(out), *extra]
 
@@ -141,24 +142,44 @@ def root(tmp_path_factory):
     return root
 
 
+def _one_worker_run(root: Path, *extra: str) -> tuple[int, str, str]:
+    """train.py's run with `_flags` and `extra`, in this process: the flags parsed by train.py's
+    own parser into its TrainConfig, then `train_lib.run` as train.py's main calls it (the process
+    start-up is all this leaves out). Returns (0, stdout, "") or (1, stdout, the traceback)."""
+    import io
+    import traceback
+
+    import train
+    from ringnet_tf.train_lib import run
+
+    log = io.StringIO()
+    train.F.unparse_flags()
+    try:
+        train.F(["train.py", *_flags(root, root / "one", *extra)[1:]])
+        config = train.config_from_flags()
+        run(config, stream=log)
+    except Exception:  # noqa: BLE001  (reported by the test that uses the run)
+        return 1, log.getvalue(), traceback.format_exc()
+    finally:
+        train.F.unparse_flags()
+    return 0, log.getvalue(), ""
+
+
 # One two-worker run serves every process test (each train.py process is seconds of TensorFlow
-# start-up on a shared 2-core machine): it trains alongside a one-worker run of the same global
-# batch, a worker is killed after its fourth step, and a rerun of both workers finishes the run.
+# start-up on a shared 2-core machine): a worker is killed after its fourth step, and a rerun of
+# both workers finishes the run; while the rerun goes on, a one-worker run of the same global batch
+# trains in this process (the same flags through train.py's parser and run).
 FIRST_STEPS = 4  # compared with one worker; checkpoints every 2 steps
 
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(root):
-    """Phase 1: two workers (--num_steps 100000) and one worker (--num_steps 4) with the same
-    global batch (4 rings of 4 images); worker 1 is killed once the chief has written ckpt-4, and
-    the chief's exit code, its wait and the weights of ckpt-2 and ckpt-4 of both runs are kept.
-    Phase 2: both workers rerun with the same command to the newest checkpoint + 2."""
+    """Phase 1: two workers (--num_steps 100000); worker 1 is killed once the chief has written
+    ckpt-4, and the chief's exit code, its wait and the weights of its ckpt-2 and ckpt-4 are kept.
+    Phase 2: both workers rerun with the same command to the newest checkpoint + 2; meanwhile one
+    worker (--num_steps 4, --distribute none) with the same global batch (4 rings of 3 images)
+    trains in this process, its ckpt-2 and ckpt-4 kept."""
     out = root / "killed"
-    one_log = open(root / "one.out", "w+"), open(root / "one.err", "w+")
-    one = subprocess.Popen([sys.executable, *_flags(root, root / "one", "--num_steps", str(FIRST_STEPS),
-                                                     "--checkpoint_every", "2", "--distribute", "none")],
-                           cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, stdout=one_log[0],
-                           stderr=one_log[1])
     workers = Workers(root, out, "killed", "--num_steps", "100000", "--checkpoint_every", "2")
     two_weights = {}
     try:
@@ -178,21 +199,22 @@ def killed_and_resumed(root):
         for step in (2, FIRST_STEPS):  # ckpt-4 outlives the kill: deleting it takes ckpt-10
             if step not in two_weights:
                 two_weights[step] = _weights(out / "checkpoints" / f"ckpt-{step}")
-        one.wait(timeout=TIMEOUT)
     finally:
         workers.kill()
-        if one.poll() is None:
-            one.kill()
-            one.wait()
-    one_out, one_err = (f.seek(0) or f.read() for f in one_log)
-    one_weights = ({s: _weights(root / "one" / "checkpoints" / f"ckpt-{s}") for s in (2, FIRST_STEPS)}
-                   if one.returncode == 0 else None)
     last = (workers.text(0, 1).strip().splitlines() or [""])[-1]
     newest = int(m.group(1)) if (m := re.search(r"ckpt-(\d+)", last)) else FIRST_STEPS
     again = Workers(root, out, "again", "--num_steps", str(newest + 2), "--checkpoint_every", "2")
+    try:
+        one = _one_worker_run(root, "--num_steps", str(FIRST_STEPS), "--checkpoint_every", "2",
+                              "--distribute", "none")
+    except BaseException:
+        again.kill()
+        raise
     codes = again.wait()
+    one_weights = ({s: _weights(root / "one" / "checkpoints" / f"ckpt-{s}") for s in (2, FIRST_STEPS)}
+                   if one[0] == 0 else None)
     return {"killed": workers, "code": code, "waited": waited, "last": last, "newest": newest,
-            "two_weights": two_weights, "one": (one.returncode, one_out, one_err), "one_weights": one_weights,
+            "two_weights": two_weights, "one": one, "one_weights": one_weights,
             "again": again, "again_codes": codes, "out": out}
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,9 +52,11 @@ def _logged(log: str) -> dict[int, dict[str, float]]:
 
 
 def test_short_training_lowers_landmark_and_shape_consistency_losses(setup):
-    # (The SavedModel export at the end of a run: test_train_robust's train.py run checks it.)
+    # (The SavedModel export at the end of a run: test_train_robust's train.py run checks it.
+    # Validation, which changes no weight, is the `straight` run's: this one trains without.)
     log = io.StringIO()
-    result = run(_config(setup, "lower", num_steps=120, checkpoint_every=60, log_every=20), stream=log)
+    result = run(_config(setup, "lower", num_steps=120, checkpoint_every=60, log_every=20, val_data=None),
+                 stream=log)
     lines = [l for l in log.getvalue().splitlines() if l.startswith("step")]
     assert lines and "img/s" in lines[-1]
     first = _logged(log.getvalue())[20]
@@ -73,14 +76,41 @@ def straight(setup):
     return run(_config(setup, "straight"), stream=log), log.getvalue()
 
 
-def _weights(out: Path) -> list[np.ndarray]:
+def _load(out):
     import keras
-    return [w.numpy() for w in keras.models.load_model(out / "ringnet.keras").weights]
+    return keras.models.load_model(Path(out) / "ringnet.keras")
 
 
-def test_stop_and_resume_continue_step_count_optimizer_and_data(setup, straight):
+def _weights(out) -> list[np.ndarray]:
+    return [w.numpy() for w in _load(out).weights]
+
+
+def _backbone_weights_of(net) -> dict[str, list[np.ndarray]]:
+    """A network's backbone weights by layer name (the tiny backbone's conv1..3 _conv and _bn)."""
+    backbone = net.get_layer("backbone")
+    return {layer.name: [w.numpy() for w in layer.weights] for layer in backbone.layers if layer.weights}
+
+
+@pytest.fixture(scope="module")
+def straight_weights(straight):
+    """The `straight` run's final network (its ringnet.keras, loaded once): all its weights, and
+    its backbone's by layer name."""
+    net = _load(straight[0]["out"])
+    return [w.numpy() for w in net.weights], _backbone_weights_of(net)
+
+
+def test_stop_and_resume_continue_step_count_optimizer_and_data(setup, straight, straight_weights):
     straight, _ = straight
-    run(_config(setup, "resumed", num_steps=4), stream=io.StringIO())
+    # A run stopped after its step-4 checkpoint: the uninterrupted run's folder as it stood then
+    # (its checkpoints 2 and 4, which a run stopped there wrote the same), moved elsewhere.
+    stopped = setup / "resumed"
+    shutil.copytree(straight["out"], stopped)
+    for f in (stopped / "checkpoints").glob("ckpt-6.*"):
+        f.unlink()
+    (stopped / "checkpoints" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-2"\n'
+        'all_model_checkpoint_paths: "ckpt-4"\n')
+    (stopped / "ringnet.keras").unlink()
     log = io.StringIO()
     resumed = run(_config(setup, "resumed", num_steps=6), stream=log)
     assert "resuming" in log.getvalue() and "step 4" in log.getvalue()
@@ -89,19 +119,22 @@ def test_stop_and_resume_continue_step_count_optimizer_and_data(setup, straight)
     log = io.StringIO()
     again = run(_config(setup, "resumed", num_steps=6), stream=log)
     assert again["step"] == 6 and "already trained 6 steps" in log.getvalue()
-    for a, b in zip(_weights(Path(straight["out"])), _weights(Path(resumed["out"]))):
+    resumed_weights = _weights(resumed["out"])
+    assert len(resumed_weights) == len(straight_weights[0])
+    for a, b in zip(straight_weights[0], resumed_weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_warm_start_copies_a_trained_network_and_refuses_another_architecture(setup, straight):
+def test_warm_start_copies_a_trained_network_and_refuses_another_architecture(setup, straight,
+                                                                              straight_weights):
     from flame.io import load_flame
     from ringnet_tf.inference import save_compact
     from ringnet_tf.model import build_ringnet
     from ringnet_tf.train_lib import warm_start
 
     source, _ = straight  # a trained run (read only)
-    trained = _weights(Path(source["out"]))
-    cfg = _config(setup, "warm_target")
+    trained = straight_weights[0]
+    cfg = _config(setup, "warm_target", val_data=None)  # (validation: the straight run's)
     net = build_ringnet(load_flame(cfg.flame_model), dataclasses.replace(cfg.model))
     assert any(not np.allclose(a, b.numpy()) for a, b in zip(trained, net.weights))  # a new start differs
     warm_start(net, source["out"], cfg.model, cfg.flame_model)
@@ -121,11 +154,8 @@ def test_warm_start_copies_a_trained_network_and_refuses_another_architecture(se
 
 
 def _backbone_weights(out) -> dict[str, list[np.ndarray]]:
-    """A run's backbone weights by layer name (the tiny backbone's conv1..3 _conv and _bn)."""
-    import keras
-
-    backbone = keras.models.load_model(Path(out) / "ringnet.keras").get_layer("backbone")
-    return {layer.name: [w.numpy() for w in layer.weights] for layer in backbone.layers if layer.weights}
+    """A run's backbone weights by layer name."""
+    return _backbone_weights_of(_load(out))
 
 
 def _moved(before: dict, after: dict) -> dict[str, bool]:
@@ -133,21 +163,24 @@ def _moved(before: dict, after: dict) -> dict[str, bool]:
             for name, weights in before.items()}
 
 
-def test_frozen_batchnorm_keeps_its_statistics_while_the_rest_trains(setup, straight):
-    # (That BatchNorm's weights move when not frozen: the next test's conv3_bn.)
+def test_frozen_batchnorm_keeps_its_statistics_while_the_rest_trains(setup, straight, straight_weights):
+    # (That BatchNorm's weights move when not frozen: the next test's conv3_bn. Validation, which
+    # changes no weight, is the straight run's: the fine-tuning runs train without.)
     source, _ = straight
-    before = _backbone_weights(source["out"])
+    before = straight_weights[1]
     bn = [name for name in before if name.endswith("_bn")]
     assert len(bn) == 3 and all(len(before[name]) == 4 for name in bn)  # scale, offset, mean, variance
-    cfg = _config(setup, "bn_frozen", init_from=source["out"], num_steps=2, freeze_batchnorm=True)
+    cfg = _config(setup, "bn_frozen", init_from=source["out"], num_steps=2, freeze_batchnorm=True,
+                  val_data=None)
     moved = _moved(before, _backbone_weights(run(cfg, stream=io.StringIO())["out"]))
     assert moved == {name: not name.endswith("_bn") for name in before}  # the convolutions train
 
 
-def test_train_backbone_from_keeps_the_earlier_layers_fixed(setup, straight):
+def test_train_backbone_from_keeps_the_earlier_layers_fixed(setup, straight, straight_weights):
     source, _ = straight
-    before = _backbone_weights(source["out"])
-    cfg = _config(setup, "from_conv3", init_from=source["out"], num_steps=2, train_backbone_from="conv3")
+    before = straight_weights[1]
+    cfg = _config(setup, "from_conv3", init_from=source["out"], num_steps=2, train_backbone_from="conv3",
+                  val_data=None)
     moved = _moved(before, _backbone_weights(run(cfg, stream=io.StringIO())["out"]))
     # conv1, conv2 fixed; conv3's convolution and BatchNorm train
     assert moved == {name: name.startswith("conv3") for name in before}
@@ -186,7 +219,7 @@ def test_training_reads_the_tfrecord_form_and_restores_the_precision_policy(setu
 
 
 def test_nan_loss_stops_with_a_clear_message(setup):
-    cfg = _config(setup, "nan", loss=LossConfig(landmarks=float("nan")))
+    cfg = _config(setup, "nan", loss=LossConfig(landmarks=float("nan")), val_data=None)
     with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
         run(cfg, stream=io.StringIO())
 
