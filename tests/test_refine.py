@@ -374,3 +374,12 @@ def test_noise_model_has_its_stated_statistics():
     for region, s in DLIB_NOISE.sigma.items():
         assert stats["sigma"][region] == pytest.approx(s, rel=0.1)
     assert stats["gross_rate"] <= DLIB_NOISE.gross_rate + 0.01
+
+
+def test_a_head_model_loaded_again_reuses_its_compiled_loop_and_another_does_not():
+    # The cache key is the arrays' content: a second layer of the same model (e.g. a network
+    # loaded again) shares the loop; another model, or other sizes, never do.
+    a, again = FlameLayer(make_tiny_model(seed=4), 4, 2), FlameLayer(make_tiny_model(seed=4), 4, 2)
+    assert a is not again and _fitter(a) is _fitter(again)
+    assert _fitter(FlameLayer(make_tiny_model(seed=5), 4, 2)) is not _fitter(a)
+    assert _fitter(FlameLayer(make_tiny_model(seed=4), 3, 2)) is not _fitter(a)
