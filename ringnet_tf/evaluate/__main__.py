@@ -106,7 +106,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "pairs", help="real photos, no 3D: are same-person shapes closer than different-person ones (AUC)",
         description=(__import__("ringnet_tf.evaluate.pairs", fromlist=["x"]).__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("--checkpoint", required=True, help="run directory or compact checkpoint")
+    q.add_argument("--checkpoint", required=True,
+                   help="run directory, compact checkpoint or SavedModel (a SavedModel needs --network_only)")
     q.add_argument("--images", required=True, type=Path, help="folder the pair list's image names are in")
     q.add_argument("--pairs", required=True, type=Path,
                    help="CSV with a header: image_a,image_b,decision (Yes/No, 1/0 or same/different)")
