@@ -600,7 +600,9 @@ def _run(config: TrainConfig, out: Path, flame, strategy: tf.distribute.Strategy
             val_cfg = dataclasses.replace(rings_cfg, augment=False, seed=rings_cfg.seed + 1)
             val_ds = _rings_for(strategy, config.val_data, val_cfg)
             if chief:
-                first = next(iter(open_rings(config.val_data, val_cfg).take(1)))
+                # On one device val_ds is that dataset: no second pipeline to build.
+                single = strategy.num_replicas_in_sync == 1
+                first = next(iter((val_ds if single else open_rings(config.val_data, val_cfg)).take(1)))
                 n = config.num_image_summaries
                 sample = {k: v.numpy().reshape(-1, *v.shape[2:])[:n] for k, v in first.items()}
         writer = (tf.summary.create_file_writer(str(out / "tensorboard")) if chief

@@ -92,16 +92,31 @@ class Shard:
         return tf.equal((ring_index % rings_per_batch) // block, self.index)
 
 
-def _shard_and_batch(rings: tf.data.Dataset, load, config: RingConfig, batch: bool,
+def _shard_and_batch(rings: tf.data.Dataset, config: RingConfig, batch: bool,
                      shard: Shard | None) -> tf.data.Dataset:
     """(global index, ring) elements -> this pipeline's ring dicts, decoded and (if `batch`)
-    batched: NB rings a batch, or the shard's per-replica batch. Rings of other pipelines are
-    dropped before `load` reads anything."""
+    batched: NB rings a batch, or the shard's per-replica batch. A ring is a dict of R rows:
+    "path" (manifest form) or "data" (encoded image bytes), "landmarks" and `LABEL_KEYS`. Rings of
+    other pipelines are dropped before anything is read.
+
+    Each ring is split into its R images, which are read, decoded and augmented by one function
+    (traced once, not once per ring position, and run in parallel) and then grouped again."""
     size = config.rings_per_batch
     if shard is not None:
         rings = rings.filter(lambda index, ring: shard.keeps(index, config.rings_per_batch))
         size = shard.batch
-    ds = rings.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    r_size = config.ring_size
+
+    def members(index, ring):
+        # Image `pos` of ring `index` draws its augmentation from seed (seed, index * R + pos).
+        seeds = tf.stack([tf.fill([r_size], tf.cast(config.seed, tf.int64)),
+                          index * r_size + tf.range(r_size, dtype=tf.int64)], axis=1)
+        return tf.data.Dataset.from_tensor_slices({**ring, "seed": seeds})
+
+    ds = (rings.flat_map(members)
+          .map(lambda member: _load_member(member, config), num_parallel_calls=tf.data.AUTOTUNE,
+               deterministic=True)
+          .batch(r_size, drop_remainder=True))
     if batch:
         ds = ds.batch(size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -275,12 +290,11 @@ def ring_dataset(dataset_dir: str | os.PathLike, config: RingConfig, start_ring:
     rings = tf.data.Dataset.from_generator(
         ring_indices, output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([r_size], tf.int64)))
 
-    def load(index, ring):
-        data = tf.stack([tf.io.read_file(tf.gather(paths, ring[pos])) for pos in range(r_size)])
-        return _ring_from_arrays(data, tf.gather(landmarks, ring), config, index,
-                                 {k: tf.gather(v, ring) for k, v in labels.items()})
+    def gather(index, ring):
+        return index, {"path": tf.gather(paths, ring), "landmarks": tf.gather(landmarks, ring),
+                       **{k: tf.gather(v, ring) for k, v in labels.items()}}
 
-    return _shard_and_batch(rings, load, config, batch, shard)
+    return _shard_and_batch(rings.map(gather), config, batch, shard)
 
 
 LABEL_KEYS = ("landmarks3d", "has_landmarks3d", "shape", "has_shape")
@@ -322,25 +336,16 @@ def labels_of(landmarks3d, shape, n) -> dict[str, tf.Tensor]:
     return out
 
 
-def _ring_from_arrays(images_bytes, landmarks, config: RingConfig, index,
-                      labels: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Decode and augment the R images of one ring. images_bytes [R], landmarks [R, 68, 3],
-    labels: `labels_of`'s keys with R rows. A mirrored image keeps its 3D landmarks (mirrored with
-    it) but not its shape label: the mirror image of a face is not the face of its coefficients."""
-    r_size = config.ring_size
-    images, lms, lm3s, flips = [], [], [], []
-    for pos in range(r_size):
-        seed = tf.stack([tf.cast(config.seed, tf.int64), index * r_size + pos])
-        img, lm, lm3, flip = _augment(_decode(images_bytes[pos]), landmarks[pos],
-                                      labels["landmarks3d"][pos], config, seed)
-        images.append(img)
-        lms.append(lm)
-        lm3s.append(lm3)
-        flips.append(flip)
-    kept = 1.0 - tf.cast(tf.stack(flips), tf.float32)
-    return {"images": tf.stack(images), "landmarks": tf.stack(lms),
-            "landmarks3d": tf.stack(lm3s), "has_landmarks3d": labels["has_landmarks3d"],
-            "shape": labels["shape"], "has_shape": labels["has_shape"] * kept}
+def _load_member(member: dict[str, tf.Tensor], config: RingConfig) -> dict[str, tf.Tensor]:
+    """One image of a ring, read ("path") or given ("data"), decoded and augmented with its
+    "seed"; `LABEL_KEYS` rows. A mirrored image keeps its 3D landmarks (mirrored with it) but not
+    its shape label: the mirror image of a face is not the face of its coefficients."""
+    data = tf.io.read_file(member["path"]) if "path" in member else member["data"]
+    image, lm, lm3, flip = _augment(_decode(data), member["landmarks"], member["landmarks3d"],
+                                    config, member["seed"])
+    return {"images": image, "landmarks": lm, "landmarks3d": lm3,
+            "has_landmarks3d": member["has_landmarks3d"], "shape": member["shape"],
+            "has_shape": member["has_shape"] * (1.0 - tf.cast(flip, tf.float32))}
 
 
 def ring_dataset_tfrecords(tfrecord_dir: str | os.PathLike, config: RingConfig, start_ring: int = 0,
@@ -386,14 +391,12 @@ def ring_dataset_tfrecords(tfrecord_dir: str | os.PathLike, config: RingConfig, 
             return tf.concat([tf.gather(pair[key][0], members), tf.gather(pair[key][1], odd)], 1)
 
         return tf.data.Dataset.from_tensor_slices({
-            "images": tf.concat([tf.gather(a_images, members), tf.gather(b_images, odd)], 1),
+            "data": tf.concat([tf.gather(a_images, members), tf.gather(b_images, odd)], 1),
             "landmarks": tf.concat([tf.gather(a_lms, members), tf.gather(b_lms, odd)], 1),
             **{key: pick(key) for key in LABEL_KEYS}})
 
     rings = records.flat_map(rings_of_pair).skip(start_ring).enumerate(start=start_ring)
-    return _shard_and_batch(rings, lambda i, ring: _ring_from_arrays(
-        ring["images"], ring["landmarks"], config, i, {k: ring[k] for k in LABEL_KEYS}),
-        config, batch, shard)
+    return _shard_and_batch(rings, config, batch, shard)
 
 
 def dataset_form(path: str | os.PathLike) -> str:
