@@ -287,13 +287,19 @@ def default_landmarker() -> DlibLandmarker:
 
 # ----------------------------------------------------------------------------- which face
 
-class FaceRejected(Exception):
-    """No face to keep under the policy. reason: NO_FACE, SEVERAL_FACES or FACE_TOO_SMALL;
-    detail: one line of numbers saying why (naming data preparation's flags)."""
+class Rejected(Exception):
+    """An image left out: reason (a short code, as recorded in data preparation's skipped.csv) and
+    a one-line detail. `FaceRejected` is the face policy's verdict; data preparation's `Skip` is a
+    file's other fates (unreadable, misplaced, ...): one exception caught, one way of recording."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason, detail)
         self.reason, self.detail = reason, detail
+
+
+class FaceRejected(Rejected):
+    """No face to keep under the policy. reason: NO_FACE, SEVERAL_FACES or FACE_TOO_SMALL;
+    detail: one line of numbers saying why (naming data preparation's flags)."""
 
 
 @dataclasses.dataclass(frozen=True)

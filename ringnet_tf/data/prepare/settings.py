@@ -43,14 +43,9 @@ class NothingKept(PrepareError):
     exit_code = 1
 
 
-class Skip(Exception):
-    """One source file left out: reason (an R_* above) and a one-line detail. The face policy's
-    verdict is `landmarks_dlib.FaceRejected` (the demo's too), recorded the same way; this one is
-    the file's other fates (unreadable, misplaced, a name clash, ...)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason, detail)
-        self.reason, self.detail = reason, detail
+class Skip(L.Rejected):
+    """One source file left out for a reason other than the face policy's (`L.FaceRejected`, the
+    demo's too): unreadable, misplaced, a name clash, ...; reason is an R_* above."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,7 +67,7 @@ def process_image(images_dir: str, out_dir: str, source: Source, settings: Setti
                                    [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])
         if not ok:
             raise Skip(R_ERROR, "JPEG encoding failed")
-    except (Skip, L.FaceRejected) as s:
+    except L.Rejected as s:  # Skip or FaceRejected
         entry.update(status="skip", reason=s.reason, detail=s.detail)
         return entry
     except L.MissingDependency:
