@@ -6,7 +6,8 @@
 Starts from the network's predictions on the dataset's first images and fits their true
 landmarks. Prints, for a batch of 32 (the target: at most 0.1 s per image on 2 cores, at the
 default steps) and for other batch sizes: the median wall time per call of the new refinement at
-its defaults (compiled once per batch bucket and reused, so the first call is shown apart), and
+its defaults (traced or compiled once per batch bucket and reused, so the first call is shown
+apart; for small batches, the graph loop against the XLA-compiled one, first and later calls), and
 of the previous implementation (`legacy_refine`, kept verbatim below: Adam on the confidence-
 weighted L1 loss, 200 steps, a new XLA compilation on every call, as `demo.py --refine 200` paid
 it); the legacy loop's own time without its compilation (200 steps minus 0 steps); and each one's
@@ -128,6 +129,26 @@ def main(argv: list[str] | None = None) -> int:
     ok = new_s / BATCH <= TARGET_S_PER_IMAGE
     print(f"  target <= {TARGET_S_PER_IMAGE} s per image: {'met' if ok else 'NOT met'} "
           f"({legacy_s / new_s:.0f}x faster than legacy per call)")
+    # Which loop small batches run (refine.GRAPH_MAX_ROWS): each path's first call on a bucket it
+    # has not seen (graph: tracing; XLA: tracing and compiling) and its later calls.
+    import ringnet_tf.refine as R
+
+    default_max = R.GRAPH_MAX_ROWS
+    print(f"graph loop against XLA-compiled loop (refine uses the graph for <= {default_max} rows):")
+    try:
+        for b in (1, 4, 8, 16):
+            s, t_ = bench.params[:b], bench.targets[:b]
+            row = []
+            for name, max_rows in (("graph", 10**9), ("XLA", 0)):
+                R.GRAPH_MAX_ROWS = max_rows
+                t0 = time.perf_counter()
+                refine(flame, s, t_, size)
+                first_call = time.perf_counter() - t0
+                later = median_seconds(lambda: refine(flame, s, t_, size), repeats=args.repeats, warmup=0)[0]
+                row.append(f"{name} first call {first_call:6.2f} s, then {later:6.3f} s")
+            print(f"  batch {b:3d}: " + "; ".join(row))
+    finally:
+        R.GRAPH_MAX_ROWS = default_max
     for b in (1, 8, 64):
         if b > len(bench.params):
             continue

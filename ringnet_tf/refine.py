@@ -25,7 +25,8 @@ the larger it is, which is not measured here).
 
 Optimisation: Adam in the units `UNIT_*` (camera scale relative to its start, translations in
 normalised image units, radians, coefficient standard deviations), all images of a call in one
-XLA-compiled `tf.while_loop`, with a short learning-rate warm-up. Each group (an image alone is a
+`tf.while_loop` (compiled with XLA for batches of more than `GRAPH_MAX_ROWS` rows, see there), with
+a short learning-rate warm-up. Each group (an image alone is a
 group of one) keeps its best point under the objective. A plateau, its best improving by less than
 `tolerance` (relative) over `window` steps, sends it back to its best point with the learning rate
 times LR_FACTOR; after LR_REDUCTIONS of those the next plateau stops it (the stopping rule); the
@@ -34,8 +35,8 @@ image far from its landmarks (ANNEAL_ADAPT times its median landmark distance, a
 ANNEAL_FACTOR c, a cap that falls to c over `anneal_steps` steps), so a far start is not mistaken
 for a set of outliers; no group stops before all of its images are at the final scale.
 
-Batches are padded to a few fixed sizes (`bucket_size`) and the compiled loop is cached per head
-model, so a new image count rarely recompiles. Padding never changes a result: every update is per
+Batches are padded to a few fixed sizes (`bucket_size`) and the traced loop is cached per head
+model, so a new image count rarely traces or compiles again. Padding never changes a result: every update is per
 image (per group), and a padded row is its own group with zero weights.
 """
 from __future__ import annotations
@@ -105,6 +106,14 @@ UNIT_SHIFT = 0.05
 UNIT_POSE = 0.1
 
 _BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128)
+
+# Buckets of at most this many rows run the loop as a TensorFlow graph; larger ones compile it
+# with XLA. XLA's loop is several times faster a step but costs seconds to compile once per
+# (head model, bucket, loss), which a photo or a few never win back (demo.py refines all its
+# images in one call). bench/refine_speed.py here (2 cores; bundled checkpoint, defaults): one
+# image 3.4 s as a graph against 6.9 s with XLA's compilation, 0.26 s against 0.05 s on later
+# calls; 8 images 4.1 s against 9.3 s, then 0.44 s against 0.13 s. Results agree to float rounding.
+GRAPH_MAX_ROWS = 8
 
 
 def bucket_size(n: int) -> int:
@@ -221,14 +230,16 @@ class LandmarkDecoder:
 
 
 class _Fitter:
-    """The compiled fitting loop for one head model (cached: see `_fitter`)."""
+    """The fitting loop for one head model, traced as a graph and compiled with XLA (each on
+    first use; cached: see `_fitter`)."""
 
     def __init__(self, flame: FlameLayer):
         self.decoder = LandmarkDecoder(flame)
         self.num_shape, self.num_expression = flame.num_shape, flame.num_expression
         # No autograph: the loop is an explicit tf.while_loop, and autograph would re-read this
         # file's source at trace time.
-        self._run = tf.function(self._loop, jit_compile=True, autograph=False)
+        self._runs = {jit: tf.function(self._loop, jit_compile=jit, autograph=False)
+                      for jit in (False, True)}
 
     def terms(self, y, z, target, face, gid, nxt, has_next, scale_img, hyper):
         """The objective's pieces. y [N, 9+E] image variables in natural units (times scale_img
@@ -376,9 +387,10 @@ class _Fitter:
                 "image_steps": tf.gather(frozen_at, gid), "steps": t}
 
     def fit(self, theta: np.ndarray, target: np.ndarray, face: np.ndarray, groups: np.ndarray,
-            order_next: np.ndarray, settings: FitSettings) -> dict[str, Any]:
+            order_next: np.ndarray, settings: FitSettings, jit: bool | None = None) -> dict[str, Any]:
         """One fitting stage. theta [B, P] start; target [B, 68, 3] normalised; face [B];
-        groups [B] int; order_next [B] index of the next image of the group or -1.
+        groups [B] int; order_next [B] index of the next image of the group or -1; jit: compile
+        with XLA (None: for buckets of more than GRAPH_MAX_ROWS rows).
         Shapes start at their group's mean. Returns NumPy arrays (params [B, P] and the report)."""
         spec = ParamSpec(self.num_shape, self.num_expression)
         b = len(theta)
@@ -413,7 +425,8 @@ class _Fitter:
             "tolerance", "smooth")}
         hyper["anneal_steps"] = tf.constant(float(settings.anneal_steps), tf.float32)
         f32 = lambda a: tf.constant(np.asarray(a, np.float32))  # noqa: E731
-        out = self._run(f32(y), f32(z), f32(target_p), f32(face_p), tf.constant(gid),
+        run = self._runs[n > GRAPH_MAX_ROWS if jit is None else bool(jit)]
+        out = run(f32(y), f32(z), f32(target_p), f32(face_p), tf.constant(gid),
                         tf.constant(nxt.astype(np.int32)), f32(has_next), f32(scale_img), f32(real),
                         f32(slot_used), hyper, tf.constant(int(settings.steps)),
                         int(settings.window), settings.loss)
