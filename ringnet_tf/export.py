@@ -75,12 +75,14 @@ def _write_archive(net: keras.Model, out: Path) -> None:
     faces = flame.faces
     archive = keras.export.ExportArchive()
     archive.track(net)
+    float_images = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+    # Both image signatures call this one function: the network is traced once, not per signature.
+    serve_float = tf.function(lambda images: serve(net, images), input_signature=[float_images])
+    # "serve" first: the first endpoint is also serving_default.
     archive.add_endpoint(
-        "serve", lambda images: serve(net, preprocess.normalise(images)),
+        "serve", lambda images: serve_float(preprocess.normalise(images)),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    archive.add_endpoint(
-        "serve_float", lambda images: serve(net, images),
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+    archive.add_endpoint("serve_float", serve_float, input_signature=[float_images])
     archive.add_endpoint("faces", lambda: tf.identity(faces), input_signature=[])
     archive.add_endpoint("image_size", lambda: tf.constant(net.input_shape[1], tf.int32), input_signature=[])
     archive.add_endpoint(

@@ -25,7 +25,11 @@ def test_outputs_equal_the_keras_model(exported, batch):
     net, sm = exported
     images = np.random.default_rng(batch).integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8)
     expected = net(preprocess.normalise(images), training=False)
-    for out in (sm.serve(tf.constant(images)), sm.serve_float(tf.constant(preprocess.normalise(images)))):
+    # serving_default (what TF Serving calls) is the uint8 signature.
+    default = sm.signatures["serving_default"]
+    assert [s.dtype for s in default.structured_input_signature[1].values()] == [tf.uint8]
+    for out in (sm.serve(tf.constant(images)), sm.serve_float(tf.constant(preprocess.normalise(images))),
+                default(images=tf.constant(images))):
         for key in ("params", "vertices", "landmarks3d", "now_landmarks", "shape"):
             np.testing.assert_allclose(out[key].numpy(), expected[key].numpy(), atol=1e-5, err_msg=key)
         pixels = camera.normalised_to_pixels(expected["landmarks2d"].numpy(), 32)
