@@ -114,9 +114,12 @@ def _affine_rows(mats: tf.Tensor, trans: tf.Tensor, points: tf.Tensor) -> list[t
     a [B, N, 3] layout with a reduction over its size-3 axis, or an einsum (lowered to many tiny
     dots), runs several times slower on CPU.
     """
-    x, y, z = points[:, 0], points[:, 1], points[:, 2]
-    return [mats[:, i, 0, None] * x + mats[:, i, 1, None] * y + mats[:, i, 2, None] * z
-            + trans[:, i, None] for i in range(3)]
+    # One unstack per input instead of a slice per coefficient: the same arithmetic in a third of
+    # the graph ops (tracing time counts wherever FLAME is traced: training, export, refinement).
+    m = tf.unstack(tf.reshape(mats, [-1, 9, 1]), num=9, axis=1)
+    t = tf.unstack(trans[..., None], num=3, axis=1)
+    x, y, z = tf.unstack(points, num=3, axis=1)
+    return [m[3 * i] * x + m[3 * i + 1] * y + m[3 * i + 2] * z + t[i] for i in range(3)]
 
 
 def skin(points: tf.Tensor, weights: tf.Tensor, world_rots: tf.Tensor,
@@ -132,9 +135,9 @@ def skin(points: tf.Tensor, weights: tf.Tensor, world_rots: tf.Tensor,
     """
     transforms = tf.concat([tf.reshape(world_rots, [-1, C.NUM_JOINTS, 9]), skin_trans], axis=-1)
     equation = "bjk,nj->bkn" if weights.shape.rank == 2 else "bjk,bnj->bkn"
-    t = tf.einsum(equation, transforms, weights)  # [B, 12, N]: blended 3x4 maps, planar
-    x, y, z = points[:, 0], points[:, 1], points[:, 2]
-    return tf.stack([t[:, 3 * i] * x + t[:, 3 * i + 1] * y + t[:, 3 * i + 2] * z + t[:, 9 + i]
+    t = tf.unstack(tf.einsum(equation, transforms, weights), num=12, axis=1)  # blended 3x4 maps, planar
+    x, y, z = tf.unstack(points, num=3, axis=1)
+    return tf.stack([t[3 * i] * x + t[3 * i + 1] * y + t[3 * i + 2] * z + t[9 + i]
                      for i in range(3)], axis=-1)
 
 
