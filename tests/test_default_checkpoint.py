@@ -24,14 +24,31 @@ EXAMPLE = ROOT / "examples" / "astronaut.jpg"
 CHECKPOINT = ROOT / "checkpoints" / "ringnet_default"
 
 
-def test_the_bundled_checkpoint_is_complete_and_matches_the_open_head_model():
+def test_the_bundled_checkpoint_is_complete_and_matches_the_open_head_model(monkeypatch):
     config = json.loads((CHECKPOINT / "config.json").read_text())
     assert config["flame_fingerprint"] == load_flame(None).fingerprint()
     assert config["weights_dtype"] == "float16"
     assert (CHECKPOINT / "weights.npz").stat().st_size < 60 * 2**20  # the budget
-    # How it was trained: the two flagfiles (the second starts from the first's run).
+    # How it was trained: each stage's flagfile beside the weights is the one in configs/ (stages
+    # 1-2 train.py's, the rest train_head's), and train_head's parse to the recorded settings.
     assert "--backbone=resnet50" in (CHECKPOINT / "stage1.flags").read_text()
     assert "--init_from=" in (CHECKPOINT / "stage2.flags").read_text()
+    stages = ["", "_stage2", "_head", "_head2", "_landmarks", "_landmarks2"]
+    for i, suffix in enumerate(stages, 1):
+        assert (CHECKPOINT / f"stage{i}.flags").read_bytes() == \
+            (ROOT / "configs" / f"default_checkpoint{suffix}.flags").read_bytes(), i
+    assert not (CHECKPOINT / f"stage{len(stages) + 1}.flags").exists()
+    from ringnet_tf.train_head import _parser, expand_flagfiles
+
+    monkeypatch.chdir(ROOT)  # flagfiles name each other from the repository's root, as their commands run
+    last = _parser().parse_args(expand_flagfiles(
+        [f"--flagfile=checkpoints/ringnet_default/stage{len(stages)}.flags", "--init_from", "i",
+         "--data", "d", "--out", "o"]))
+    recorded = config["training"]["training"]
+    for key in ("learning_rate", "num_steps", "rings_per_batch", "ring_size", "dropout", "seed"):
+        assert getattr(last, key) == recorded[key], key
+    assert {k: getattr(last, f"w_{k}") for k in recorded["loss"] if k != "eta"} == \
+        {k: v for k, v in recorded["loss"].items() if k != "eta"}
     results = json.loads((CHECKPOINT / "synthetic_benchmark.json").read_text())["results"]
     assert {"network", "mean shape", "landmark fitting"} <= set(results)
     assert (CHECKPOINT / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
