@@ -26,8 +26,8 @@ the larger it is, which is not measured here).
 Optimisation: Adam in the units `UNIT_*` (camera scale relative to its start, translations in
 normalised image units, radians, coefficient standard deviations), all images of a call in one
 `tf.while_loop` (compiled with XLA for batches of more than `GRAPH_MAX_ROWS` rows, see there), with
-a short learning-rate warm-up. Each group (an image alone is a
-group of one) keeps its best point under the objective. A plateau, its best improving by less than
+a short learning-rate warm-up. Each group (an image alone is a group of one) keeps its best point
+under the objective. A plateau, its best improving by less than
 `tolerance` (relative) over `window` steps, sends it back to its best point with the learning rate
 times LR_FACTOR; after LR_REDUCTIONS of those the next plateau stops it (the stopping rule); the
 loop ends when every group has stopped, or at `steps`. The Geman-McClure scale starts wide for an
@@ -36,8 +36,8 @@ ANNEAL_FACTOR c, a cap that falls to c over `anneal_steps` steps), so a far star
 for a set of outliers; no group stops before all of its images are at the final scale.
 
 Batches are padded to a few fixed sizes (`bucket_size`) and the traced loop is cached per head
-model, so a new image count rarely traces or compiles again. Padding never changes a result: every update is per
-image (per group), and a padded row is its own group with zero weights.
+model, so a new image count rarely traces or compiles again. Padding never changes a result: every
+update is per image (per group), and a padded row is its own group with zero weights.
 """
 from __future__ import annotations
 
@@ -387,10 +387,10 @@ class _Fitter:
                 "image_steps": tf.gather(frozen_at, gid), "steps": t}
 
     def fit(self, theta: np.ndarray, target: np.ndarray, face: np.ndarray, groups: np.ndarray,
-            order_next: np.ndarray, settings: FitSettings, jit: bool | None = None) -> dict[str, Any]:
+            order_next: np.ndarray, settings: FitSettings) -> dict[str, Any]:
         """One fitting stage. theta [B, P] start; target [B, 68, 3] normalised; face [B];
-        groups [B] int; order_next [B] index of the next image of the group or -1; jit: compile
-        with XLA (None: for buckets of more than GRAPH_MAX_ROWS rows).
+        groups [B] int; order_next [B] index of the next image of the group or -1. The loop is
+        XLA-compiled for buckets of more than GRAPH_MAX_ROWS rows, a graph otherwise.
         Shapes start at their group's mean. Returns NumPy arrays (params [B, P] and the report)."""
         spec = ParamSpec(self.num_shape, self.num_expression)
         b = len(theta)
@@ -425,7 +425,7 @@ class _Fitter:
             "tolerance", "smooth")}
         hyper["anneal_steps"] = tf.constant(float(settings.anneal_steps), tf.float32)
         f32 = lambda a: tf.constant(np.asarray(a, np.float32))  # noqa: E731
-        run = self._runs[n > GRAPH_MAX_ROWS if jit is None else bool(jit)]
+        run = self._runs[n > GRAPH_MAX_ROWS]
         out = run(f32(y), f32(z), f32(target_p), f32(face_p), tf.constant(gid),
                         tf.constant(nxt.astype(np.int32)), f32(has_next), f32(scale_img), f32(real),
                         f32(slot_used), hyper, tf.constant(int(settings.steps)),
