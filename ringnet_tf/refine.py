@@ -427,9 +427,9 @@ class _Fitter:
         f32 = lambda a: tf.constant(np.asarray(a, np.float32))  # noqa: E731
         run = self._runs[n > GRAPH_MAX_ROWS]
         out = run(f32(y), f32(z), f32(target_p), f32(face_p), tf.constant(gid),
-                        tf.constant(nxt.astype(np.int32)), f32(has_next), f32(scale_img), f32(real),
-                        f32(slot_used), hyper, tf.constant(int(settings.steps)),
-                        int(settings.window), settings.loss)
+                  tf.constant(nxt.astype(np.int32)), f32(has_next), f32(scale_img), f32(real),
+                  f32(slot_used), hyper, tf.constant(int(settings.steps)), int(settings.window),
+                  settings.loss)
         out = {k: v.numpy() for k, v in out.items()}
         x = (out["y"] * scale_img)[:b]
         shape = out["z"][gid[:b]]
